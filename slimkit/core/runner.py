@@ -1,0 +1,150 @@
+"""``sk.compress``: validate, copy the model, run each recipe step, measure before/after/each step."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.core import provenance
+from slimkit.core.context import RunContext
+from slimkit.core.errors import ConfigError, DataError
+from slimkit.core.inputs import check_inputs
+from slimkit.core.recipe import Recipe
+
+__all__ = ["compress", "Result", "SPEED_GUARD_TOLERANCE"]
+
+#: a step whose median latency exceeds its input's by more than this fraction is flagged slower
+SPEED_GUARD_TOLERANCE = 0.10
+
+
+@dataclasses.dataclass
+class Result:
+    """What :func:`compress` returns: the new model, the report and the recipe that was run."""
+
+    model: nn.Module
+    report: Any  # slimkit.report.Report
+    recipe: Recipe
+
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Save the compressed model with its report inside ``slimkit.json``."""
+        from slimkit.io.checkpoint import save
+
+        return save(self.model, out_dir, overwrite=overwrite, report=self.report.to_dict())
+
+
+def compress(
+    model: nn.Module,
+    recipe: Recipe | dict[str, Any] | list[Any] | str | Path,
+    *,
+    calib: Iterable[Any] | None = None,
+    eval: Callable[[nn.Module], float] | Any = None,  # noqa: A002 - contract name
+    example_inputs: Any = None,
+    teacher: nn.Module | None = None,
+    train: Iterable[Any] | None = None,
+    progress: bool = True,
+    measure: bool = True,
+    latency_runs: int = 20,
+    name: str = "model",
+) -> Result:
+    """Run ``recipe`` on a copy of ``model`` and measure what each step bought.
+
+    The input model is never modified. Everything a step needs (``calib``, ``train``, ``teacher``,
+    ``example_inputs``) is checked before any step runs. ``eval`` is a callable ``model -> float``
+    or a slimkit evaluator (``sk.measure.Perplexity`` ...); ``measure=False`` skips size/latency.
+    """
+    from slimkit.measure.quality import as_evaluator
+    from slimkit.report import Report
+
+    plan = Recipe.coerce(recipe)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    ctx = _context(model, calib, train, teacher, example_inputs, progress)
+    _check_needs(plan, ctx)
+    evaluator = as_evaluator(eval) if eval is not None else None
+    if evaluator is not None and hasattr(evaluator, "prepare"):
+        evaluator.prepare(model)
+    ctx.evaluate = evaluator
+    report = Report(name=name, quality=_quality_meta(evaluator))
+    probe = _Probe(ctx, evaluator, measure, latency_runs)
+    report.before = probe(model)
+    work = copy.deepcopy(model).eval()
+    for index, step in enumerate(plan.steps):
+        work = _run_step(work, step, index, len(plan.steps), ctx, probe, report)
+    provenance.set_recipe(work, plan.to_dict())
+    report.after = report.steps[-1]["metrics"] if report.steps else dict(report.before)
+    report.finish()
+    return Result(model=work, report=report, recipe=plan)
+
+
+def _context(model: nn.Module, calib: Any, train: Any, teacher: Any, example_inputs: Any, progress: bool) -> RunContext:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return RunContext(
+        calib=list(calib) if calib is not None else None,
+        train=list(train) if train is not None else None,
+        teacher=teacher,
+        original=model,
+        example_inputs=example_inputs,
+        device=device,
+        show_progress=progress,
+    )
+
+
+def _check_needs(plan: Recipe, ctx: RunContext) -> None:
+    if ctx.example_inputs is not None:
+        check_inputs(ctx.original, ctx.example_inputs)
+    for i, step in enumerate(plan.steps):
+        for need in sorted(step.spec.needs - {"teacher", "eval"}):
+            ctx.require(need, f"steps[{i}].{step.name}:{step.method}")
+    if ctx.calib is not None and not ctx.calib:
+        raise DataError("calib is empty")
+
+
+def _quality_meta(evaluator: Any) -> dict[str, Any] | None:
+    if evaluator is None:
+        return None
+    return {"name": getattr(evaluator, "name", "quality"), "higher_is_better": bool(getattr(evaluator, "higher_is_better", True))}
+
+
+class _Probe:
+    """Measures a model: size/MACs/latency (when asked and inputs exist) and quality (when eval given)."""
+
+    def __init__(self, ctx: RunContext, evaluator: Any, measure: bool, runs: int) -> None:
+        self.ctx, self.evaluator, self.measure, self.runs = ctx, evaluator, measure, runs
+
+    def __call__(self, model: nn.Module) -> dict[str, Any]:
+        from slimkit.measure.api import measure as measure_model
+
+        metrics: dict[str, Any] = {}
+        if self.measure:
+            metrics.update(measure_model(model, self.ctx.example_inputs, runs=self.runs))
+        if self.evaluator is not None:
+            metrics["quality"] = float(self.evaluator(model))
+            for extra in ("last_min",):
+                if getattr(self.evaluator, extra, None) is not None:
+                    metrics["quality_min"] = float(getattr(self.evaluator, extra))
+        return metrics
+
+
+def _run_step(work: nn.Module, step: Any, index: int, total: int, ctx: RunContext, probe: _Probe, report: Any) -> nn.Module:
+    label = f"{step.name}:{step.method}"
+    if ctx.show_progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold]step {index + 1}/{total}[/bold] {label}")
+    ctx.begin_step()
+    start = time.perf_counter()
+    out = step.spec.handler(work, step.config, ctx)
+    work = (out if out is not None else work).eval()
+    seconds = time.perf_counter() - start
+    previous = report.steps[-1]["metrics"] if report.steps else report.before
+    metrics = probe(work)
+    report.add_step(name=step.name, method=step.method, config=step.config.to_dict(), seconds=seconds,
+                    metrics=metrics, previous=previous, notes=dict(ctx.notes), skipped=list(ctx.skipped),
+                    tolerance=SPEED_GUARD_TOLERANCE)
+    return work

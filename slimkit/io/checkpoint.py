@@ -1,0 +1,239 @@
+"""``sk.save`` / ``sk.load``: a directory with ``model.safetensors`` and ``slimkit.json``.
+
+Writing is atomic: everything goes into a hidden temporary directory beside the target, which is
+renamed into place only when complete, and removed on any failure (Ctrl-C included). Loading never
+unpickles: tensors come only from safetensors, which stores raw bytes plus a JSON header.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from slimkit.core import provenance
+from slimkit.core.errors import CheckpointError
+from slimkit.io.edits import replay_edits
+from slimkit.io.encodings import decode_tensor, encode_tensor
+
+__all__ = ["save", "load", "read_manifest", "FORMAT_VERSION", "TENSOR_FILE", "MANIFEST_FILE", "atomic_dir"]
+
+FORMAT_VERSION = 1
+TENSOR_FILE = "model.safetensors"
+MANIFEST_FILE = "slimkit.json"
+
+
+# ----------------------------------------------------------------------------- saving
+def save(
+    model: nn.Module,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    report: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` to ``out_dir`` atomically; returns the directory path.
+
+    Refuses an existing ``out_dir`` unless ``overwrite=True``, and never writes over the directory
+    the model was loaded from.
+    """
+    out = Path(out_dir).resolve()
+    _check_target(model, out, overwrite)
+    tensors, encodings, aliases = _encode_state(model)
+    manifest = _manifest(model, encodings, aliases, report)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "slimkit"})
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    return out
+
+
+def _check_target(model: nn.Module, out: Path, overwrite: bool) -> None:
+    source = provenance.get_source(model)
+    if source is not None and Path(source).resolve() == out:
+        raise CheckpointError(f"refusing to overwrite {out}: it is the checkpoint this model was loaded from")
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"output directory {out} already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+class atomic_dir:
+    """Context manager yielding a temp dir that becomes ``target`` only if the block succeeds."""
+
+    def __init__(self, target: Path, *, overwrite: bool = False) -> None:
+        self.target = target
+        self.overwrite = overwrite
+        self.tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        try:
+            self._commit()
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+
+    def _commit(self) -> None:
+        for f in self.tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if self.target.exists():
+            if not self.overwrite:
+                raise CheckpointError(f"output directory {self.target} appeared while writing")
+            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
+    """Encode the state dict; tied tensors (same storage) are written once, the rest alias it."""
+    tensors: dict[str, torch.Tensor] = {}
+    encodings: dict[str, Any] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"state entry {name!r} is a {type(t).__name__}, not a tensor; cannot store it safely")
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() > 0 and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        parts, record = encode_tensor(name, t)
+        tensors.update(parts)
+        encodings[name] = record
+    return tensors, encodings, aliases
+
+
+def _manifest(model: nn.Module, encodings: dict[str, Any], aliases: dict[str, str],
+              report: dict[str, Any] | None) -> dict[str, Any]:
+    from slimkit import __version__
+
+    return {
+        "format": "slimkit",
+        "format_version": FORMAT_VERSION,
+        "slimkit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "base": _base_reference(model),
+        "recipe": provenance.get_recipe(model),
+        "edits": provenance.get_edits(model),
+        "encodings": encodings,
+        "aliases": aliases,
+        "report": report,
+    }
+
+
+def _base_reference(model: nn.Module) -> dict[str, Any]:
+    """What rebuilds the original architecture: the zoo name and, for HF models, class + config."""
+    ref = dict(provenance.get_base(model) or {})
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_json_string"):
+        ref["hf_class"] = type(model).__name__
+        ref["hf_config"] = json.loads(config.to_json_string(use_diff=False))
+    if not ref:
+        ref["class"] = f"{type(model).__module__}.{type(model).__qualname__}"
+    return ref
+
+
+# ----------------------------------------------------------------------------- loading
+def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
+    """The parsed ``slimkit.json`` of a checkpoint directory (raises CheckpointError if invalid)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        raise CheckpointError(f"checkpoint directory {str(d)!r} does not exist")
+    path = d / MANIFEST_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{d} is not a slimkit checkpoint: {MANIFEST_FILE} is missing")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if manifest.get("format") != "slimkit":
+        raise CheckpointError(f"{path} is not a slimkit manifest")
+    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has format version {manifest['format_version']}; this slimkit reads up to {FORMAT_VERSION}")
+    return manifest
+
+
+def load(ckpt_dir: str | Path, *, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild the architecture (or use ``model``), replay structural edits, load the tensors."""
+    d = Path(ckpt_dir)
+    manifest = read_manifest(d)
+    raw = _read_tensors(d / TENSOR_FILE)
+    net = model if model is not None else _rebuild_base(manifest["base"])
+    replay_edits(net, manifest.get("edits", []))
+    state = {name: decode_tensor(name, rec, raw) for name, rec in manifest["encodings"].items()}
+    for alias, canonical in manifest.get("aliases", {}).items():
+        state[alias] = state[canonical]
+    _load_state(net, state)
+    provenance.set_base(net, manifest["base"])
+    for edit in manifest.get("edits", []):
+        provenance.record_edit(net, edit)
+    if manifest.get("recipe") is not None:
+        provenance.set_recipe(net, manifest["recipe"])
+    provenance.set_source(net, str(d.resolve()))
+    return net.eval()
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read safetensors after checking the header, so a pickle or truncated file fails clearly."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"{path} is truncated ({size} bytes)")
+    if head[:2] in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
+        raise CheckpointError(f"{path} looks like a pickle/zip file, not safetensors; refusing to load it")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len <= 0 or 8 + header_len > size:
+        raise CheckpointError(f"{path} is not a valid safetensors file (header length {header_len}, file {size} bytes)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated: {exc}") from None
+
+
+def _rebuild_base(base: dict[str, Any]) -> nn.Module:
+    if "hf_class" in base:
+        import transformers
+
+        cls = getattr(transformers, base["hf_class"], None)
+        if cls is None:
+            raise CheckpointError(f"transformers has no class {base['hf_class']!r}")
+        config = cls.config_class.from_dict(base["hf_config"])
+        return cls(config)
+    if "zoo" in base:
+        from slimkit import zoo
+
+        return zoo.build_model(base["zoo"])
+    raise CheckpointError(
+        f"this checkpoint was made from a user model ({base.get('class', '?')}) that slimkit cannot rebuild; "
+        "pass a fresh instance: sk.load(dir, model=MyNet())"
+    )
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    try:
+        result = net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint tensors do not fit the rebuilt model: {str(exc)[:500]}") from None
+    if result.missing_keys or result.unexpected_keys:  # pragma: no cover - strict raises first
+        raise CheckpointError(f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")

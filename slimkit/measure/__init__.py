@@ -1,0 +1,28 @@
+"""Measuring models: size, MACs, latency, and quality evaluators.
+
+``measure(model, example_inputs)`` gives the size/compute/speed dictionary the runner records;
+the evaluators (:class:`Perplexity`, :class:`Accuracy`, :class:`CosineFidelity`,
+:class:`Agreement`, or any ``model -> float`` callable via :func:`as_evaluator`) score quality.
+"""
+from __future__ import annotations
+
+from slimkit.measure.api import measure
+from slimkit.measure.latency import measure_latency
+from slimkit.measure.macs import count_macs
+from slimkit.measure.quality import Accuracy, Agreement, CosineFidelity, Evaluator, Perplexity, as_evaluator
+from slimkit.measure.size import checkpoint_bytes, count_nonzero, count_params
+
+__all__ = [
+    "measure",
+    "count_params",
+    "count_nonzero",
+    "checkpoint_bytes",
+    "count_macs",
+    "measure_latency",
+    "Evaluator",
+    "Perplexity",
+    "Accuracy",
+    "CosineFidelity",
+    "Agreement",
+    "as_evaluator",
+]

@@ -1,0 +1,113 @@
+"""Wall-clock latency of a forward pass, measured the same way for every model.
+
+Fixed protocol so that numbers from different models and compression steps compare: untimed
+warm-up runs, then timed runs on the same inputs, with a fixed thread count, reporting the
+median (robust to scheduler noise) and the 90th percentile (the tail).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from time import perf_counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.core.errors import ConfigError
+from slimkit.core.inputs import ModelInputs, call_model, move_inputs
+from slimkit.measure._modelstate import eval_mode, model_device
+
+__all__ = ["measure_latency", "DEFAULT_RUNTIME"]
+
+DEFAULT_RUNTIME = "torch-eager"
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: ModelInputs,
+    *,
+    warmup: int = 3,
+    runs: int = 20,
+    threads: int | None = None,
+    min_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Time ``model`` on ``example_inputs`` and return median and p90 latency in milliseconds.
+
+    Runs ``warmup`` untimed passes, then at least ``runs`` timed passes, continuing until the
+    timed passes add up to ``min_seconds``. The thread count is fixed to ``threads`` (default:
+    the current ``torch.get_num_threads()``) for the measurement and restored afterwards. The
+    ``runtime`` entry is the model's ``slimkit_runtime`` attribute if it has one.
+    """
+    _validate(warmup=warmup, runs=runs, threads=threads, min_seconds=min_seconds)
+    device = model_device(model)
+    inputs = move_inputs(example_inputs, device)
+    n_threads = torch.get_num_threads() if threads is None else threads
+    with _num_threads(n_threads), eval_mode(model), torch.inference_mode():
+        for _ in range(warmup):
+            _forward(model, inputs, device)
+        times = _timed_runs(model, inputs, device, runs=runs, min_seconds=min_seconds)
+    return {
+        "latency_ms": statistics.median(times) * 1000.0,
+        "latency_p90_ms": _percentile(sorted(times), 0.9) * 1000.0,
+        "latency_runs": len(times),
+        "threads": n_threads,
+        "runtime": str(getattr(model, "slimkit_runtime", DEFAULT_RUNTIME)),
+    }
+
+
+def _timed_runs(
+    model: nn.Module, inputs: ModelInputs, device: torch.device, *, runs: int, min_seconds: float
+) -> list[float]:
+    """Seconds of each timed pass: at least ``runs`` passes and at least ``min_seconds`` in total."""
+    times: list[float] = []
+    while len(times) < runs or sum(times) < min_seconds:
+        start = perf_counter()
+        _forward(model, inputs, device)
+        times.append(perf_counter() - start)
+    return times
+
+
+def _forward(model: nn.Module, inputs: ModelInputs, device: torch.device) -> None:
+    """One pass; on CUDA, wait for the kernels so the time covers the work, not the launch."""
+    call_model(model, inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile with linear interpolation between order statistics (numpy's default)."""
+    position = q * (len(sorted_values) - 1)
+    lower = int(position)
+    upper = min(lower + 1, len(sorted_values) - 1)
+    return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * (position - lower)
+
+
+@contextmanager
+def _num_threads(n: int) -> Iterator[None]:
+    """Fix torch's intra-op thread count to ``n`` and restore the previous count on exit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _validate(*, warmup: int, runs: int, threads: int | None, min_seconds: float) -> None:
+    """Raise :class:`ConfigError` naming the first argument outside its valid range."""
+    if not _is_int(warmup) or warmup < 0:
+        raise ConfigError(f"warmup must be an integer >= 0, got {warmup!r}")
+    if not _is_int(runs) or runs < 1:
+        raise ConfigError(f"runs must be an integer >= 1, got {runs!r}")
+    if threads is not None and (not _is_int(threads) or threads < 1):
+        raise ConfigError(f"threads must be None or an integer >= 1, got {threads!r}")
+    if isinstance(min_seconds, bool) or not isinstance(min_seconds, (int, float)) or not 0 <= min_seconds < math.inf:
+        raise ConfigError(f"min_seconds must be a finite number >= 0, got {min_seconds!r}")
+
+
+def _is_int(value: object) -> bool:
+    """True for ints, False for bools (``True`` is not a run count)."""
+    return isinstance(value, int) and not isinstance(value, bool)

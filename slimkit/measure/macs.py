@@ -1,0 +1,66 @@
+"""Multiply-accumulate count of one forward pass, from PyTorch's FLOP counter.
+
+``FlopCounterMode`` counts the matrix products of a real forward pass (mm, addmm, bmm,
+convolution, attention) and reports 2 FLOPs per multiply-accumulate. It knows nothing about
+the quantized linear kernels that int8 layers call, so they are taught here: a quantized
+linear layer does the same multiply-accumulates as the float layer it replaces.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from slimkit.core.inputs import ModelInputs, call_model, move_inputs
+from slimkit.measure._modelstate import model_device
+
+__all__ = ["count_macs"]
+
+# Quantized linear kernels: argument 0 is the input [..., in_features], the output is
+# [..., out_features]; the other arguments (packed weights, scales, flags) do not change the count.
+_QUANTIZED_LINEAR_OPS = (
+    "linear_dynamic",
+    "linear_relu_dynamic",
+    "linear_dynamic_fp16",
+    "linear",
+    "linear_relu",
+)
+
+
+def count_macs(model: nn.Module, example_inputs: ModelInputs) -> int:
+    """Multiply-accumulates of one forward pass of ``model`` on ``example_inputs``.
+
+    Counts matrix products only (as FlopCounterMode does): element-wise ops, bias adds and
+    normalisations are not counted. The model runs once under ``torch.no_grad()``, with the
+    inputs moved to the model's device.
+    """
+    inputs = move_inputs(example_inputs, model_device(model))
+    counter = FlopCounterMode(display=False, custom_mapping=_quantized_mapping())
+    with torch.no_grad(), counter:
+        call_model(model, inputs)
+    return int(counter.get_total_flops()) // 2
+
+
+def _quantized_linear_flops(input_shape: torch.Size, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs (2 per MAC) of a quantized linear: rows x in_features x out_features, times 2.
+
+    FlopCounterMode calls this with every tensor argument replaced by its shape and the output
+    shape as ``out_shape``.
+    """
+    return 2 * math.prod(input_shape) * int(out_shape[-1])
+
+
+def _quantized_mapping() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas for the quantized linear ops this PyTorch build has."""
+    mapping: dict[Any, Callable[..., int]] = {}
+    for name in _QUANTIZED_LINEAR_OPS:
+        try:
+            packet = getattr(torch.ops.quantized, name)
+        except (AttributeError, RuntimeError):
+            continue
+        mapping[packet] = _quantized_linear_flops
+    return mapping

@@ -1,0 +1,48 @@
+"""``prune: {method: magnitude}`` handler: select layers, score, mask, fold, report sparsity."""
+from __future__ import annotations
+
+from torch import nn
+
+from slimkit.core.context import RunContext
+from slimkit.core.registry import register
+from slimkit.core.select import select_modules
+from slimkit.prune.importance import MagnitudeImportance
+from slimkit.prune.magnitude.config import MagnitudePruneConfig
+from slimkit.prune.magnitude.core import apply_mask, global_threshold, layer_mask
+
+__all__ = ["prune_magnitude", "weight_sparsity"]
+
+
+def _layers(model: nn.Module, cfg: MagnitudePruneConfig) -> list[tuple[str, nn.Module]]:
+    types = tuple(getattr(nn, t) for t in cfg.layer_types)
+    return select_modules(model, types, targets=cfg.targets, ignore=cfg.ignore, field="prune")
+
+
+@register("prune", "magnitude", MagnitudePruneConfig, default=True)
+def prune_magnitude(model: nn.Module, cfg: MagnitudePruneConfig, ctx: RunContext) -> nn.Module:
+    """Zero the smallest weights of the selected layers; sparse storage makes the checkpoint shrink."""
+    layers = _layers(model, cfg)
+    importance = MagnitudeImportance()
+    scores = {name: importance(name, m) for name, m in layers}
+    threshold = global_threshold(list(scores.values()), cfg.sparsity) if cfg.scope == "global" else None
+    pruned = total = 0
+    for name, module in layers:
+        s = scores[name]
+        keep = s > threshold if threshold is not None else layer_mask(s, cfg.sparsity)
+        apply_mask(module.weight, keep)
+        pruned += int((~keep).sum())
+        total += keep.numel()
+    ctx.note("layers", len(layers))
+    ctx.note("weight_sparsity", round(pruned / max(total, 1), 4))
+    return model
+
+
+def weight_sparsity(model: nn.Module, names: list[str]) -> float:
+    """Fraction of exact zeros over the weights of the named layers (used by tests/reports)."""
+    zeros = total = 0
+    for n in names:
+        w = model.get_submodule(n).weight
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / max(total, 1)
+

@@ -1,0 +1,40 @@
+"""Config of ``prune: {method: magnitude}``."""
+from __future__ import annotations
+
+import dataclasses
+
+from slimkit.core.config import StepConfig, check_choice, check_range, check_str_list
+
+__all__ = ["MagnitudePruneConfig", "PRUNABLE_TYPES"]
+
+#: layer classes magnitude pruning handles (by class name, as written in recipes)
+PRUNABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+
+
+@dataclasses.dataclass
+class MagnitudePruneConfig(StepConfig):
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights.
+
+    ```yaml
+    - prune: {method: magnitude, sparsity: 0.5, scope: global, ignore: [lm_head]}
+    ```
+    ``scope: layer`` prunes every selected layer to exactly ``sparsity``; ``scope: global`` ranks all
+    selected weights together (layers end up with different sparsities). ``targets`` / ``ignore``
+    use the module selection grammar (names, ``re:`` regexes, class names).
+    """
+
+    method: str = "magnitude"
+    sparsity: float = 0.5
+    scope: str = "layer"
+    targets: list[str] | None = None
+    ignore: list[str] = dataclasses.field(default_factory=list)
+    layer_types: list[str] = dataclasses.field(default_factory=lambda: ["Linear", "Conv2d"])
+
+    def validate(self) -> None:
+        check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
+        check_choice("scope", self.scope, ["layer", "global"])
+        if self.targets is not None:
+            check_str_list("targets", self.targets)
+        check_str_list("ignore", self.ignore)
+        for t in check_str_list("layer_types", self.layer_types):
+            check_choice("layer_types[]", t, PRUNABLE_TYPES)

@@ -1,0 +1,25 @@
+"""Writing ``report.json``, ``report.md`` and ``report.png`` into a directory, atomically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slimkit.io.checkpoint import atomic_dir
+from slimkit.report.plot import render_plot
+
+__all__ = ["write_report_files"]
+
+
+def write_report_files(report: Any, out_dir: str | Path, *, overwrite: bool = True) -> dict[str, str]:
+    """Write the three files; the directory appears complete or not at all."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not overwrite:
+        from slimkit.core.errors import CheckpointError
+
+        raise CheckpointError(f"report directory {out} exists; pass overwrite=True")
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str), encoding="utf-8")
+        (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+        render_plot(report, tmp / "report.png")
+    return {k: str(out / f"report.{k}") for k in ("json", "md", "png")}

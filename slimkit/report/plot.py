@@ -1,0 +1,38 @@
+"""PNG plots: quality vs checkpoint bytes and quality vs latency across the report's rows."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_plot"]
+
+
+def render_plot(report: Any, path: str | Path) -> bool:
+    """Draw two scatter panels; returns False (and writes nothing) when no row has quality."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.rows() if r["metrics"].get("quality") is not None]
+    if not rows:
+        return False
+    quality = report.quality or {}
+    qname = quality.get("name", "quality")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, xlabel in ((axes[0], "bytes", "checkpoint MiB"), (axes[1], "latency_ms", "median latency (ms)")):
+        for r in rows:
+            x = r["metrics"].get(key)
+            if x is None:
+                continue
+            x = x / 2**20 if key == "bytes" else x
+            ax.scatter([x], [r["metrics"]["quality"]], s=40)
+            ax.annotate(r["label"], (x, r["metrics"]["quality"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{qname} ({'higher' if quality.get('higher_is_better', True) else 'lower'} is better)")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"slimkit: {report.name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
