@@ -32,10 +32,13 @@ class Result:
     recipe: Recipe
 
     def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-        """Save the compressed model with its report inside ``slimkit.json``."""
+        """Save the compressed model, its report inside ``slimkit.json`` and ``report.{json,md,png}``,
+        all in one atomic directory."""
         from slimkit.io.checkpoint import save
+        from slimkit.report.files import write_report_into
 
-        return save(self.model, out_dir, overwrite=overwrite, report=self.report.to_dict())
+        return save(self.model, out_dir, overwrite=overwrite, report=self.report.to_dict(),
+                    extra=lambda tmp: write_report_into(self.report, tmp))
 
 
 def compress(
@@ -51,12 +54,14 @@ def compress(
     measure: bool = True,
     latency_runs: int = 20,
     name: str = "model",
+    baseline: dict[str, Any] | None = None,
 ) -> Result:
     """Run ``recipe`` on a copy of ``model`` and measure what each step bought.
 
     The input model is never modified. Everything a step needs (``calib``, ``train``, ``teacher``,
     ``example_inputs``) is checked before any step runs. ``eval`` is a callable ``model -> float``
-    or a slimkit evaluator (``sk.measure.Perplexity`` ...); ``measure=False`` skips size/latency.
+    or a slimkit evaluator (``sk.Perplexity`` ...); ``measure=False`` skips size/latency.
+    ``baseline`` reuses metrics already measured on the input model (comparisons of variants).
     """
     from slimkit.measure.quality import as_evaluator
     from slimkit.report import Report
@@ -72,7 +77,7 @@ def compress(
     ctx.evaluate = evaluator
     report = Report(name=name, quality=_quality_meta(evaluator))
     probe = _Probe(ctx, evaluator, measure, latency_runs)
-    report.before = probe(model)
+    report.before = dict(baseline) if baseline is not None else probe(model)
     work = copy.deepcopy(model).eval()
     for index, step in enumerate(plan.steps):
         work = _run_step(work, step, index, len(plan.steps), ctx, probe, report)

@@ -13,6 +13,7 @@ import struct
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,11 +40,13 @@ def save(
     *,
     overwrite: bool = False,
     report: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` to ``out_dir`` atomically; returns the directory path.
 
     Refuses an existing ``out_dir`` unless ``overwrite=True``, and never writes over the directory
-    the model was loaded from.
+    the model was loaded from. ``extra(tmp_dir)`` may write more files (e.g. report files) into the
+    directory before it is renamed into place, so they share its atomicity.
     """
     out = Path(out_dir).resolve()
     _check_target(model, out, overwrite)
@@ -51,7 +54,9 @@ def save(
     manifest = _manifest(model, encodings, aliases, report)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "slimkit"})
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
+        if extra is not None:
+            extra(tmp)
     return out
 
 

@@ -2,7 +2,7 @@
 
 * ``dense``: the tensor as is (int8 / packed int4 buffers of quantized layers are stored dense
   in their own dtype, so they are already small).
-* ``bitmask``: a floating tensor that is mostly zeros is stored as a packed bit mask (1 bit per
+* ``bitmask``: a tensor (float or int8) that is mostly zeros is stored as a packed bit mask (1 bit per
   element) plus its nonzero values in order. It is chosen automatically when it saves at least
   ``MIN_SAVING`` of the dense bytes, and decodes exactly (a ``-0.0`` comes back as ``+0.0``).
 """
@@ -33,7 +33,7 @@ def _bitmask_bytes(t: torch.Tensor, nnz: int) -> int:
 def encode_tensor(name: str, t: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Tensors to write for ``name`` and the JSON record that decodes them."""
     t = t.detach().cpu().contiguous()
-    if t.is_floating_point() and t.numel() >= 64:
+    if t.dtype != torch.bool and t.element_size() >= 1 and t.numel() >= 64:
         nnz = int(torch.count_nonzero(t))
         dense = t.numel() * t.element_size()
         if _bitmask_bytes(t, nnz) <= (1 - MIN_SAVING) * dense:

@@ -20,7 +20,7 @@ from slimkit.core.errors import ConfigError
 from slimkit.core.inputs import ModelInputs, call_model, move_inputs
 from slimkit.measure._modelstate import eval_mode, model_device
 
-__all__ = ["measure_latency", "DEFAULT_RUNTIME"]
+__all__ = ["measure_latency", "runtime_name", "DEFAULT_RUNTIME"]
 
 DEFAULT_RUNTIME = "torch-eager"
 
@@ -39,7 +39,7 @@ def measure_latency(
     Runs ``warmup`` untimed passes, then at least ``runs`` timed passes, continuing until the
     timed passes add up to ``min_seconds``. The thread count is fixed to ``threads`` (default:
     the current ``torch.get_num_threads()``) for the measurement and restored afterwards. The
-    ``runtime`` entry is the model's ``slimkit_runtime`` attribute if it has one.
+    ``runtime`` entry comes from :func:`runtime_name`.
     """
     _validate(warmup=warmup, runs=runs, threads=threads, min_seconds=min_seconds)
     device = model_device(model)
@@ -54,8 +54,26 @@ def measure_latency(
         "latency_p90_ms": _percentile(sorted(times), 0.9) * 1000.0,
         "latency_runs": len(times),
         "threads": n_threads,
-        "runtime": str(getattr(model, "slimkit_runtime", DEFAULT_RUNTIME)),
+        "runtime": runtime_name(model),
     }
+
+
+def runtime_name(model: nn.Module) -> str:
+    """What executes the model: its ``slimkit_runtime`` attribute, else its layers', else torch eager.
+
+    Compressed layers (an int8 Linear) name the kernel they run on; when only layers declare
+    one, the distinct names are joined with "; " in module order, so a partly converted model
+    still says which special kernels it uses.
+    """
+    own = getattr(model, "slimkit_runtime", None)
+    if own is not None:
+        return str(own)
+    names: list[str] = []
+    for module in model.modules():
+        name = getattr(module, "slimkit_runtime", None)
+        if name is not None and str(name) not in names:
+            names.append(str(name))
+    return "; ".join(names) if names else DEFAULT_RUNTIME
 
 
 def _timed_runs(

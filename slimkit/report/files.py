@@ -8,7 +8,7 @@ from typing import Any
 from slimkit.io.checkpoint import atomic_dir
 from slimkit.report.plot import render_plot
 
-__all__ = ["write_report_files"]
+__all__ = ["write_report_files", "write_report_into"]
 
 
 def write_report_files(report: Any, out_dir: str | Path, *, overwrite: bool = True) -> dict[str, str]:
@@ -19,7 +19,12 @@ def write_report_files(report: Any, out_dir: str | Path, *, overwrite: bool = Tr
 
         raise CheckpointError(f"report directory {out} exists; pass overwrite=True")
     with atomic_dir(out, overwrite=True) as tmp:
-        (tmp / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str), encoding="utf-8")
-        (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-        render_plot(report, tmp / "report.png")
+        write_report_into(report, tmp)
     return {k: str(out / f"report.{k}") for k in ("json", "md", "png")}
+
+
+def write_report_into(report: Any, directory: Path) -> None:
+    """Write the three report files into an existing (usually temporary) directory."""
+    (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str), encoding="utf-8")
+    (directory / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    render_plot(report, directory / "report.png")

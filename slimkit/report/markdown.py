@@ -12,6 +12,7 @@ COLUMNS = (
     ("bytes", "checkpoint", lambda v: f"{v / 2**20:.1f} MiB"),
     ("macs", "MACs", lambda v: f"{v / 1e9:.3f} G"),
     ("latency_ms", "latency (median)", lambda v: f"{v:.2f} ms"),
+    ("tokens_per_s", "tokens/s", lambda v: f"{v:.0f}"),
     ("quality", "quality", lambda v: f"{v:.4g}"),
 )
 

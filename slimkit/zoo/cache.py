@@ -10,12 +10,13 @@ A cache entry is trusted only if it was published complete:
 3. the directory is renamed onto the target in one ``os.replace``.
 
 A killed or failed build therefore leaves at most a temporary directory (removed on failure, or
-swept later once stale), never a half-written target; a target whose marker is missing or holds
-another key (e.g. the source package was upgraded) is rebuilt. Two concurrent builders both
-are serialised by an advisory lock file (``.<name>.lock``, POSIX ``flock``; released by the OS
-if the process dies), so the second one finds the published entry and does not rebuild; where no
-``flock`` exists both build and the first rename wins.
+swept by the next build of that entry), never a half-written target; a target whose marker is
+missing or holds another key (e.g. the source package was upgraded) is rebuilt. Concurrent
+builders are serialised by an advisory lock file (``.<name>.lock``, POSIX ``flock``, released by
+the OS if the process dies), so the second one finds the published entry and does not rebuild;
+where no ``flock`` exists both build and the first rename wins.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,11 +64,13 @@ def cached_build(name: str, key: str, build: Callable[[Path], None]) -> Path:
     if is_complete(target, key):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _build_lock(target):
+    with _build_lock(target) as exclusive:
         if is_complete(target, key):  # built by another process while we waited
             return target
-        _sweep_stale_tmp(target)
+        # Holding the lock, any temporary directory left is from a dead build.
+        _sweep_stale_tmp(target, max_age_s=0.0 if exclusive else _STALE_TMP_S)
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published entry is a normal directory
         try:
             build(tmp)
             marker = {"key": key, "built_at": time.time()}
@@ -79,17 +82,18 @@ def cached_build(name: str, key: str, build: Callable[[Path], None]) -> Path:
 
 
 @contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock for building ``target`` (no-op where flock is missing)."""
+def _build_lock(target: Path) -> Iterator[bool]:
+    """Hold an exclusive advisory lock for building ``target``; yields whether it is exclusive
+    (False where ``flock`` is missing, e.g. on Windows: then rename-wins publishing applies)."""
     try:
         import fcntl
-    except ImportError:  # Windows: fall back to rename-wins publishing
-        yield
+    except ImportError:
+        yield False
         return
     with open(target.parent / f".{target.name}.lock", "a+b") as handle:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
@@ -121,12 +125,12 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
-def _sweep_stale_tmp(target: Path) -> None:
-    """Delete temporary directories of builds that were killed long ago."""
+def _sweep_stale_tmp(target: Path, max_age_s: float) -> None:
+    """Delete temporary directories of killed builds (older than ``max_age_s`` seconds)."""
     now = time.time()
     for tmp in target.parent.glob(f".{target.name}.tmp-*"):
         try:
-            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+            if now - tmp.stat().st_mtime >= max_age_s:
                 shutil.rmtree(tmp, ignore_errors=True)
         except OSError:
             continue

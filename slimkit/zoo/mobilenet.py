@@ -8,6 +8,7 @@ layer, so the module names are exactly torchvision's state-dict keys (``features
 unexpected keys. Expected input: ``[N, 3, 224, 224]`` RGB in [0, 1] normalised with the ImageNet
 mean ``(0.485, 0.456, 0.406)`` and std ``(0.229, 0.224, 0.225)``; output: ``[N, 1000]`` logits.
 """
+
 from __future__ import annotations
 
 import torch
@@ -38,7 +39,9 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 class ConvBNReLU6(nn.Sequential):
     """Conv2d (no bias) -> BatchNorm2d -> ReLU6; torchvision's ``Conv2dNormActivation``."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1
+    ) -> None:
         padding = (kernel_size - 1) // 2
         super().__init__(
             nn.Conv2d(in_ch, out_ch, kernel_size, stride, padding, groups=groups, bias=False),

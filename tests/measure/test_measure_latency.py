@@ -83,6 +83,16 @@ def test_runtime_attribute_is_reported() -> None:
     assert measure_latency(model, torch.randn(1, 4), runs=1)["runtime"] == "fbgemm-int8"
 
 
+def test_runtime_of_compressed_layers_is_reported() -> None:
+    class Int8Layer(nn.Identity):
+        slimkit_runtime = "int8-kernel"
+
+    model = nn.Sequential(Int8Layer(), nn.ReLU(), Int8Layer())
+    assert measure_latency(model, torch.randn(1, 4), runs=1)["runtime"] == "int8-kernel"
+    model.slimkit_runtime = "whole-model-runtime"  # the model's own attribute wins
+    assert measure_latency(model, torch.randn(1, 4), runs=1)["runtime"] == "whole-model-runtime"
+
+
 def test_median_and_p90_from_run_times(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock([0.001 * k for k in (3, 1, 10, 2, 9, 4, 8, 5, 7, 6)])
     monkeypatch.setattr(latency_module, "perf_counter", clock)

@@ -35,7 +35,9 @@ def test_grouped_strided_conv_macs() -> None:
 
 def test_dynamic_int8_linear_counts_like_fp32() -> None:
     fp32 = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
-    int8 = nn.Sequential(DynamicQuantLinear(8, 16), nn.ReLU(), DynamicQuantLinear(16, 4))
+    with warnings.catch_warnings():  # torch warns that quantized-tensor constructors are deprecated
+        warnings.simplefilter("ignore", UserWarning)
+        int8 = nn.Sequential(DynamicQuantLinear(8, 16), nn.ReLU(), DynamicQuantLinear(16, 4))
     x = torch.randn(2, 3, 8)
     assert count_macs(int8, x) == count_macs(fp32, x) == 2 * 3 * (8 * 16 + 16 * 4)
 

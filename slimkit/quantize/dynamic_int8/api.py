@@ -34,7 +34,7 @@ def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, ctx: RunCont
         if name in tied and not cfg.quantize_tied:
             ctx.skip(name, "weight is tied to another module (set quantize_tied: true to store an int8 copy)")
             continue
-        layer = Int8DynamicLinear.from_linear(linear, cfg.per_channel)
+        layer = Int8DynamicLinear.from_linear(linear, cfg.per_channel, cfg.activations)
         replace_module(model, name, layer)
         record_edit(model, {"op": "replace_module", "path": name, "kind": "int8_dynamic_linear", "spec": layer.spec()})
         done += 1

@@ -1,0 +1,175 @@
+"""Implementations of the ``slimkit`` sub-commands (argument parsing lives in :mod:`slimkit.cli.main`)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from slimkit.core.errors import CheckpointError
+
+__all__ = ["run_demo", "run_compress", "run_eval", "run_inspect", "run_zoo"]
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _status(text: str, show: bool = True) -> Any:
+    """A spinner on stderr for anything that takes more than a second."""
+    import contextlib
+
+    return err.status(text) if show else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- compress
+def run_compress(args: argparse.Namespace) -> int:
+    import slimkit as sk
+    from slimkit.cli.models import load_model_ref, parse_model_ref
+    from slimkit.cli.workloads import task_of, workload_for
+
+    recipe = sk.Recipe.from_yaml(args.recipe)  # validated before the model is loaded
+    ref = parse_model_ref(args.model)
+    out = Path(args.out).resolve()
+    if out.exists() and not args.overwrite:
+        raise CheckpointError(f"output directory {out} already exists; pass --overwrite to replace it")
+    if ref.kind == "dir" and Path(ref.value).resolve() == out:
+        raise CheckpointError("--out must differ from the input model directory (the input is never touched)")
+    show = not args.no_progress and not args.json
+    with _status(f"loading {ref}", show):
+        model, tok, zoo_name = load_model_ref(ref)
+    with _status("preparing calibration and held-out data", show):
+        work = workload_for(task_of(model, zoo_name), tok, calib_batches=args.calib_batches,
+                            eval_batches=args.eval_batches)
+    result = sk.compress(model, recipe, calib=work.calib, eval=work.evaluator, example_inputs=work.example_inputs,
+                         progress=show, name=str(ref))
+    with _status(f"saving {out}", show):
+        result.save(out, overwrite=args.overwrite)
+    _print_report(result.report, args.json)
+    if not args.json:
+        console.print(f"saved to {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def run_eval(args: argparse.Namespace) -> int:
+    import slimkit as sk
+    from slimkit.cli.models import load_model_ref, parse_model_ref
+    from slimkit.cli.workloads import task_of, workload_for
+
+    ref = parse_model_ref(args.model)
+    show = not args.json
+    with _status(f"loading {ref}", show):
+        model, tok, zoo_name = load_model_ref(ref)
+    work = workload_for(task_of(model, zoo_name), tok, eval_batches=args.eval_batches)
+    with _status("measuring", show):
+        metrics = sk.measure(model, work.example_inputs)
+        if hasattr(work.evaluator, "prepare"):
+            work.evaluator.prepare(model)
+        metrics["quality"] = float(work.evaluator(model))
+    report = sk.Report(name=str(ref), quality={"name": work.evaluator.name,
+                                               "higher_is_better": work.evaluator.higher_is_better})
+    report.add_variant(str(ref), metrics)
+    _print_report(report, args.json)
+    return 0
+
+
+# ----------------------------------------------------------------------------- inspect
+def run_inspect(args: argparse.Namespace) -> int:
+    from slimkit.io.checkpoint import read_manifest
+
+    manifest = read_manifest(args.dir)
+    files = {p.name: p.stat().st_size for p in Path(args.dir).iterdir() if p.is_file()}
+    encodings: dict[str, int] = {}
+    for rec in manifest.get("encodings", {}).values():
+        encodings[rec.get("encoding", "dense")] = encodings.get(rec.get("encoding", "dense"), 0) + 1
+    base = {k: v for k, v in manifest.get("base", {}).items() if k != "hf_config"}
+    summary = {"dir": str(Path(args.dir).resolve()), "format_version": manifest["format_version"],
+               "slimkit_version": manifest.get("slimkit_version"), "base": base, "recipe": manifest.get("recipe"),
+               "edits": len(manifest.get("edits", [])), "edit_ops": sorted({e["op"] for e in manifest.get("edits", [])}),
+               "tensors": len(manifest.get("encodings", {})), "encodings": encodings,
+               "tied_aliases": len(manifest.get("aliases", {})), "files": files, "bytes": sum(files.values())}
+    if args.json:
+        from slimkit.cli.main import print_json
+
+        print_json({**summary, "report": manifest.get("report")})
+        return 0
+    for key, value in summary.items():
+        console.print(f"[bold]{key}[/bold]: {value}")
+    if manifest.get("report"):
+        from slimkit.report import Report
+
+        console.print(_table_from_dict(manifest["report"]))
+    return 0
+
+
+def _table_from_dict(data: dict[str, Any]) -> Any:
+    from slimkit.report import Report
+
+    rep = Report(name=data.get("name", "model"), quality=data.get("quality"), before=data.get("before", {}),
+                 after=data.get("after", {}), steps=data.get("steps", []), variants=data.get("variants", []))
+    return rich_table(rep)
+
+
+# ----------------------------------------------------------------------------- zoo
+def run_zoo(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from slimkit import zoo
+
+    entries = zoo.entries()
+    if args.json:
+        from slimkit.cli.main import print_json
+
+        print_json(entries)
+        return 0
+    table = Table(title="slimkit zoo")
+    for col in ("name", "kind", "installed", "hub id", "package", "description"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["name"], e["kind"], "yes" if e["installed"] else "no", str(e.get("hub_id") or "–"),
+                      str(e.get("package") or "–"), str(e.get("description") or ""))
+    console.print(table)
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+def run_demo(args: argparse.Namespace) -> int:
+    from slimkit.cli.demo import demo
+
+    report = demo(out_dir=args.out, eval_batches=args.eval_batches, progress=not args.json)
+    _print_report(report, args.json)
+    if not args.json:
+        console.print(f"wrote {Path(args.out).resolve()}/report.json, report.md, report.png")
+    return 0
+
+
+# ----------------------------------------------------------------------------- output
+def rich_table(report: Any) -> Any:
+    """The report's rows as a rich table (the same cells as the Markdown table)."""
+    from rich.table import Table
+
+    from slimkit.report.markdown import COLUMNS, format_row
+
+    quality = report.quality or {}
+    table = Table(title=f"slimkit: {report.name}")
+    table.add_column("variant")
+    for key, title, _ in COLUMNS:
+        if key == "quality":
+            arrow = "↑" if quality.get("higher_is_better", True) else "↓"
+            title = f"{quality.get('name', 'quality')} {arrow}"
+        table.add_column(title, justify="right")
+    for row in report.rows():
+        table.add_row(*format_row(row))
+    return table
+
+
+def _print_report(report: Any, as_json: bool) -> None:
+    if as_json:
+        from slimkit.cli.main import print_json
+
+        print_json(report.to_dict())
+        return
+    console.print(rich_table(report))
+    for w in report.warnings:
+        console.print(f"[yellow]{w}[/yellow]")

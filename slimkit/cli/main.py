@@ -1,0 +1,125 @@
+"""``slimkit`` command line: a thin layer over the Python API.
+
+Every command has ``--help``; ``--json`` prints machine-readable output; bad input prints one
+``error:`` line and exits non-zero (2 for bad input, 130 for Ctrl-C), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slimkit", description="Compress trained PyTorch / Hugging Face models "
+                                     "and measure size, latency and quality on real held-out data.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_demo(sub)
+    _add_compress(sub)
+    _add_eval(sub)
+    _add_inspect(sub)
+    _add_zoo(sub)
+    return parser
+
+
+def _version() -> str:
+    from slimkit import __version__
+
+    return f"slimkit {__version__}"
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser("demo", help="compress SmolLM2-135M several ways and print the measured table",
+                       description="Load SmolLM2-135M, run baseline, magnitude 50%, dynamic int8 and both; print "
+                       "held-out Shakespeare perplexity, checkpoint bytes and speed; write report.{json,md,png}.")
+    p.add_argument("--out", default="slimkit-demo", help="report directory (default: ./slimkit-demo)")
+    p.add_argument("--eval-batches", type=int, default=8, help="held-out chunks of 256 tokens (default 8 = 2,048 tokens)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _add_compress(sub: Any) -> None:
+    p = sub.add_parser("compress", help="run a recipe on a model and save the result",
+                       description="Run a YAML recipe on a model, measure before/after/each step on held-out "
+                       "data, and save the checkpoint with report.{json,md,png} into --out.")
+    p.add_argument("--model", required=True, help="zoo:NAME, hf:ORG/NAME or a saved slimkit directory")
+    p.add_argument("--recipe", required=True, help="recipe YAML file")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the train split")
+    p.add_argument("--eval-batches", type=int, default=8, help="held-out evaluation batches from the test split")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="measure a model: size, MACs, latency and held-out quality",
+                       description="Measure params, checkpoint bytes, MACs, latency and held-out quality of a model.")
+    p.add_argument("--model", required=True, help="zoo:NAME, hf:ORG/NAME or a saved slimkit directory")
+    p.add_argument("--eval-batches", type=int, default=8, help="held-out evaluation batches")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _add_inspect(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="show what a saved checkpoint contains",
+                       description="Show a checkpoint's base model, recipe, structural edits, tensor encodings, "
+                       "bytes on disk and stored report, without loading the model.")
+    p.add_argument("dir", help="a directory written by slimkit")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _add_zoo(sub: Any) -> None:
+    p = sub.add_parser("zoo", help="list the models and datasets slimkit knows by name",
+                       description="List zoo models and datasets, their hub ids and whether each is installed.")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    from slimkit.core.errors import SlimkitError
+
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (SlimkitError, ValueError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as exc:  # noqa: BLE001 - the CLI promises no traceback
+        if os.environ.get("SLIMKIT_DEBUG"):
+            raise
+        print(f"error: unexpected {type(exc).__name__}: {_one_line(exc)} (set SLIMKIT_DEBUG=1 for a traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from slimkit.cli import commands
+
+    handler = {"demo": commands.run_demo, "compress": commands.run_compress, "eval": commands.run_eval,
+               "inspect": commands.run_inspect, "zoo": commands.run_zoo}[args.command]
+    return handler(args)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Resolving a ``--model`` argument: ``zoo:NAME``, ``hf:ORG/NAME`` or a saved directory."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from slimkit.core.errors import CheckpointError, ConfigError
+
+__all__ = ["ModelRef", "parse_model_ref", "load_model_ref"]
+
+
+class ModelRef:
+    """A parsed model reference (checked before anything heavy is loaded)."""
+
+    def __init__(self, kind: str, value: str) -> None:
+        self.kind, self.value = kind, value
+
+    @property
+    def zoo_name(self) -> str | None:
+        return self.value if self.kind == "zoo" else None
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Check the reference's form (and that a directory exists) without loading anything."""
+    from slimkit import zoo
+
+    if text.startswith("zoo:"):
+        name = text[4:]
+        if name not in zoo.model_names():
+            raise ConfigError(f"--model {text!r}: unknown zoo model {name!r}; valid names are {zoo.model_names()}")
+        return ModelRef("zoo", name)
+    if text.startswith("hf:"):
+        if "/" not in text[3:]:
+            raise ConfigError(f"--model {text!r}: a hub id looks like hf:org/name")
+        return ModelRef("hf", text[3:])
+    path = Path(text)
+    if not path.exists():
+        raise CheckpointError(f"--model {text!r}: no such directory (use zoo:NAME, hf:ORG/NAME or a saved directory)")
+    if not path.is_dir():
+        raise CheckpointError(f"--model {text!r} is a file; a saved slimkit checkpoint is a directory")
+    return ModelRef("dir", str(path))
+
+
+def load_model_ref(ref: ModelRef) -> tuple[nn.Module, Any, str | None]:
+    """Load the model; returns (model, tokenizer or None, zoo name of its base or None)."""
+    from slimkit import zoo
+    from slimkit.io.checkpoint import load, read_manifest
+
+    if ref.kind == "zoo":
+        model, tok = zoo.load_model(ref.value)
+        return model, tok, ref.value
+    if ref.kind == "hf":
+        model, tok = zoo.load_model(f"hf:{ref.value}")
+        return model, tok, None
+    manifest = read_manifest(ref.value)
+    base_zoo = manifest["base"].get("zoo")
+    model = load(ref.value)
+    tok = zoo.load_tokenizer(base_zoo) if base_zoo else None
+    return model, tok, base_zoo
