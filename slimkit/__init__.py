@@ -17,8 +17,8 @@ from slimkit.core.recipe import Recipe, Step
 from slimkit.core.registry import STEP_NAMES, methods_of
 from slimkit.core.runner import Result, compress
 from slimkit.io.checkpoint import load, save
+from slimkit import measure
 from slimkit.measure import Accuracy, Agreement, CosineFidelity, Perplexity, as_evaluator
-from slimkit.measure.api import measure
 from slimkit.report import Report
 
 __all__ = [

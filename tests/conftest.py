@@ -129,7 +129,7 @@ def test_steps() -> Iterator[dict[str, list]]:
     """Register, for one test, three ``prune`` methods that exist only in tests:
 
     * ``test_needs_calib``: declares ``needs=("calib",)``; records each call in ``calls["needs_calib"]``;
-    * ``test_slow``: wraps the model in :class:`SleepyWrapper` (20 ms per forward);
+    * ``test_slow``: wraps the model in :class:`SleepyWrapper` (50 ms per forward);
     * ``test_noop``: returns the model unchanged; records each call in ``calls["noop"]``.
     """
     registry.load_builtin_steps()
@@ -141,7 +141,7 @@ def test_steps() -> Iterator[dict[str, list]]:
 
     def slow(model, cfg, ctx):  # noqa: ANN001, ANN202
         calls["slow"].append(True)
-        return SleepyWrapper(model, 0.02)
+        return SleepyWrapper(model, 0.05)
 
     def noop(model, cfg, ctx):  # noqa: ANN001, ANN202
         calls["noop"].append(True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from slimkit.core.errors import CheckpointError
 
 __all__ = ["run_demo", "run_compress", "run_eval", "run_inspect", "run_zoo"]
 
-console = Console()
+# a pipe or CI log has no width: use a wide one so the table is not squeezed into 80 columns
+console = Console(width=None if sys.stdout.isatty() else 170)
 err = Console(stderr=True)
 
 

@@ -16,6 +16,7 @@ from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.inputs import check_inputs
 from slimkit.core.recipe import Recipe
+from slimkit.measure._modelstate import eval_mode
 
 __all__ = ["compress", "Result", "SPEED_GUARD_TOLERANCE"]
 
@@ -102,7 +103,8 @@ def _context(model: nn.Module, calib: Any, train: Any, teacher: Any, example_inp
 
 def _check_needs(plan: Recipe, ctx: RunContext) -> None:
     if ctx.example_inputs is not None:
-        check_inputs(ctx.original, ctx.example_inputs)
+        with eval_mode(ctx.original):  # a train-mode BatchNorm would update the user's statistics
+            check_inputs(ctx.original, ctx.example_inputs)
     for i, step in enumerate(plan.steps):
         for need in sorted(step.spec.needs - {"teacher", "eval"}):
             ctx.require(need, f"steps[{i}].{step.name}:{step.method}")

@@ -62,8 +62,10 @@ def save(
 
 def _check_target(model: nn.Module, out: Path, overwrite: bool) -> None:
     source = provenance.get_source(model)
-    if source is not None and Path(source).resolve() == out:
-        raise CheckpointError(f"refusing to overwrite {out}: it is the checkpoint this model was loaded from")
+    if source is not None:
+        src = Path(source).resolve()
+        if out == src or out in src.parents:
+            raise CheckpointError(f"refusing to write {out}: it holds {src}, the checkpoint this model was loaded from")
     if out.exists() and not overwrite:
         raise CheckpointError(f"output directory {out} already exists; pass overwrite=True (--overwrite) to replace it")
 
@@ -93,6 +95,7 @@ class atomic_dir:
 
     def _commit(self) -> None:
         for f in self.tmp.iterdir():
+            f.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         old = None

@@ -26,3 +26,17 @@ __all__ = [
     "Agreement",
     "as_evaluator",
 ]
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``slimkit.measure`` is both this package and, as ``sk.measure(model, inputs)``, a function.
+
+    Making the module itself callable keeps ``sk.measure(...)``, ``sk.measure.Perplexity`` and
+    ``import slimkit.measure.api`` all working (a plain function would shadow the subpackage).
+    """
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return measure(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

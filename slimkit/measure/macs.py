@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimkit.core.inputs import ModelInputs, call_model, move_inputs
-from slimkit.measure._modelstate import model_device
+from slimkit.measure._modelstate import eval_mode, model_device
 
 __all__ = ["count_macs"]
 
@@ -40,7 +40,7 @@ def count_macs(model: nn.Module, example_inputs: ModelInputs) -> int:
     """
     inputs = move_inputs(example_inputs, model_device(model))
     counter = FlopCounterMode(display=False, custom_mapping=_quantized_mapping())
-    with torch.no_grad(), counter:
+    with eval_mode(model), torch.no_grad(), counter:
         call_model(model, inputs)
     return int(counter.get_total_flops()) // 2
 
@@ -54,9 +54,14 @@ def _quantized_linear_flops(input_shape: torch.Size, *args: Any, out_shape: Any 
     return 2 * math.prod(input_shape) * int(out_shape[-1])
 
 
+def _int_mm_flops(a_shape: torch.Size, b_shape: torch.Size, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """``aten._int_mm`` (int8 [M, K] @ int8 [K, N] -> int32): 2·M·K·N, like a float mm."""
+    return 2 * int(a_shape[0]) * int(a_shape[1]) * int(b_shape[1])
+
+
 def _quantized_mapping() -> dict[Any, Callable[..., int]]:
     """FLOP formulas for the quantized linear ops this PyTorch build has."""
-    mapping: dict[Any, Callable[..., int]] = {}
+    mapping: dict[Any, Callable[..., int]] = {torch.ops.aten._int_mm: _int_mm_flops}
     for name in _QUANTIZED_LINEAR_OPS:
         try:
             packet = getattr(torch.ops.quantized, name)

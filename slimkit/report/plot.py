@@ -7,8 +7,8 @@ from typing import Any
 __all__ = ["render_plot"]
 
 
-def render_plot(report: Any, path: str | Path) -> bool:
-    """Draw two scatter panels; returns False (and writes nothing) when no row has quality."""
+def render_plot(report: Any, path: str | Path) -> None:
+    """Quality vs bytes and vs latency (scatter); without a quality metric, bytes and latency bars."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,7 +16,8 @@ def render_plot(report: Any, path: str | Path) -> bool:
 
     rows = [r for r in report.rows() if r["metrics"].get("quality") is not None]
     if not rows:
-        return False
+        _bars(report, path, plt)
+        return
     quality = report.quality or {}
     qname = quality.get("name", "quality")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -35,4 +36,22 @@ def render_plot(report: Any, path: str | Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+
+
+def _bars(report: Any, path: str | Path, plt: Any) -> None:
+    """No quality measured: show what was measured (bytes, latency) per row, or say nothing was."""
+    rows = report.rows()
+    labels = [r["label"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title, scale in ((axes[0], "bytes", "checkpoint MiB", 2**20), (axes[1], "latency_ms", "median latency (ms)", 1)):
+        values = [r["metrics"].get(key) for r in rows]
+        if any(v is None for v in values):
+            ax.text(0.5, 0.5, f"{title}: not measured", ha="center", va="center")
+            ax.set_axis_off()
+            continue
+        ax.barh(labels, [v / scale for v in values])
+        ax.set_xlabel(title)
+    fig.suptitle(f"slimkit: {report.name} (no quality metric given)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

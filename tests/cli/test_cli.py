@@ -141,6 +141,15 @@ def test_model_path_that_does_not_exist(recipe, tmp_path, capsys, no_model_loadi
     assert no_model_loading == []
 
 
+def test_model_path_that_is_a_file(recipe, tmp_path, capsys, no_model_loading) -> None:
+    (tmp_path / "model.bin").write_bytes(b"not a checkpoint")
+    code = main(["compress", "--model", str(tmp_path / "model.bin"), "--recipe", recipe(MAGNITUDE_YAML),
+                 "--out", str(tmp_path / "out")])
+    assert code == EXIT_BAD_INPUT
+    assert_one_line_error(capsys.readouterr().err, "model.bin", "directory")
+    assert no_model_loading == []
+
+
 def test_unknown_zoo_model_lists_names(recipe, tmp_path, capsys, no_model_loading) -> None:
     code = main(["compress", "--model", "zoo:gpt-17", "--recipe", recipe(MAGNITUDE_YAML), "--out", str(tmp_path / "o")])
     assert code == EXIT_BAD_INPUT
@@ -268,6 +277,18 @@ def test_compress_from_a_saved_directory(minilm, recipe, tmp_path, capsys, small
     loaded = sk.load(out)
     assert type(loaded.encoder.layer[0].attention.self.query).__name__ == "Int8DynamicLinear"
     assert (out / "model.safetensors").stat().st_size < (tmp_path / "src" / "model.safetensors").stat().st_size
+
+
+@pytest.mark.real
+def test_eval_minilm_json(capsys, small_workload) -> None:
+    assert main(["eval", "--model", "zoo:minilm-l6", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (row,) = data["variants"]
+    assert row["label"] == "zoo:minilm-l6"
+    assert row["metrics"]["quality"] == pytest.approx(1.0, abs=1e-6)  # the model against itself
+    assert row["metrics"]["params"] == 22_713_216
+    assert row["metrics"]["bytes"] > 4 * 22_000_000  # fp32 on disk
+    assert row["metrics"]["macs"] > 0 and row["metrics"]["latency_ms"] > 0
 
 
 @pytest.mark.real
