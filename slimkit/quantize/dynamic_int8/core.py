@@ -132,7 +132,8 @@ class Int8DynamicLinear(nn.Module):
 
     def _per_token(self, x2: torch.Tensor) -> torch.Tensor:
         s_x = (x2.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(1e-12)  # [tokens, 1]
-        xq = torch.round(x2 / s_x).clamp_(-127, 127).to(torch.int8)
+        # |x · (1/s)| <= 127 up to rounding, so no clamp; in-place round is ~2x faster than x / s
+        xq = (x2 * s_x.reciprocal()).round_().to(torch.int8)
         acc = torch._int_mm(xq, self._packed)  # int32 [tokens, out]
         out = acc.float().mul_(s_x).mul_(self.weight_scale)
         return out.add_(self.bias) if self.bias is not None else out
