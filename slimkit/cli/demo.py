@@ -2,7 +2,7 @@
 
 Quality is perplexity on held-out Shakespeare plays (test split, 8 chunks × 256 tokens), size is
 the bytes of the really saved checkpoint, speed is the median latency of one 128-token forward
-pass (and tokens/s) on this CPU. Later issues append their steps to :data:`VARIANTS`.
+pass (and tokens/s) on this CPU, with every variant timed round-robin in one loop. Later issues append their steps to :data:`VARIANTS`.
 """
 from __future__ import annotations
 
@@ -32,14 +32,19 @@ def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool
     report = sk.Report(name="SmolLM2-135M on held-out Shakespeare",
                        quality={"name": "perplexity", "higher_is_better": False})
     base = _metrics(model, work)
-    report.add_variant("fp32 baseline", base)
+    rows: list[tuple[str, dict[str, Any], dict[str, Any], list[Any]]] = [("fp32 baseline", base, {}, [])]
+    models = {"fp32 baseline": model}
     for label, recipe in VARIANTS:
         result = sk.compress(model, recipe, eval=work.evaluator, example_inputs=work.example_inputs,
-                             progress=progress, baseline=base, name=label)
-        after = dict(result.report.after)
-        _add_speed(after, work.tokens_per_call)
-        report.add_variant(label, after, recipe=recipe, steps=result.report.steps)
-        del result
+                             progress=progress, baseline=base, name=label, latency_runs=3)
+        rows.append((label, dict(result.report.after), recipe, result.report.steps))
+        models[label] = result.model
+    # final latencies: all variants timed round-robin in one loop, so drift hits them alike
+    timings = sk.measure.compare_latency(models, work.example_inputs, runs=15)
+    for label, metrics, recipe, steps in rows:
+        metrics.update(timings[label])
+        _add_speed(metrics, work.tokens_per_call)
+        report.add_variant(label, metrics, recipe=recipe, steps=steps)
     report.save(out_dir)
     return report
 
@@ -47,9 +52,8 @@ def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool
 def _metrics(model: Any, work: Any) -> dict[str, Any]:
     import slimkit as sk
 
-    metrics = sk.measure(model, work.example_inputs)
+    metrics = sk.measure(model, work.example_inputs, runs=3)
     metrics["quality"] = float(work.evaluator(model))
-    _add_speed(metrics, work.tokens_per_call)
     return metrics
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -33,11 +35,9 @@ STEP_NAMES: tuple[str, ...] = (
 #: what a step may need from the runner
 NEEDS = frozenset({"calib", "train", "teacher", "example_inputs", "eval"})
 
-#: modules that register built-in steps when imported
-_BUILTIN_MODULES = (
-    "slimkit.prune.magnitude.api",
-    "slimkit.quantize.dynamic_int8.api",
-)
+#: packages whose algorithm folders (``<family>/<algorithm>/api.py``) register built-in steps
+_FAMILIES = ("prune", "quantize", "distill", "surgery", "share", "lowrank", "search", "train")
+_loaded = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,9 +80,22 @@ def register(
 
 
 def load_builtin_steps() -> None:
-    """Import the built-in algorithm modules so that they register themselves."""
-    for name in _BUILTIN_MODULES:
-        importlib.import_module(name)
+    """Import every ``slimkit.<family>.<algorithm>.api`` module so that it registers itself.
+
+    Discovery is by folder, so adding an algorithm never edits a shared list.
+    """
+    global _loaded
+    if _loaded:
+        return
+    for family in _FAMILIES:
+        try:
+            package = importlib.import_module(f"slimkit.{family}")
+        except ModuleNotFoundError:
+            continue
+        for info in pkgutil.iter_modules(package.__path__):
+            if info.ispkg and importlib.util.find_spec(f"slimkit.{family}.{info.name}.api") is not None:
+                importlib.import_module(f"slimkit.{family}.{info.name}.api")
+    _loaded = True
 
 
 def methods_of(step: str) -> list[str]:

@@ -7,7 +7,7 @@ the evaluators (:class:`Perplexity`, :class:`Accuracy`, :class:`CosineFidelity`,
 from __future__ import annotations
 
 from slimkit.measure.api import measure
-from slimkit.measure.latency import measure_latency
+from slimkit.measure.latency import compare_latency, measure_latency
 from slimkit.measure.macs import count_macs
 from slimkit.measure.quality import Accuracy, Agreement, CosineFidelity, Evaluator, Perplexity, as_evaluator
 from slimkit.measure.size import checkpoint_bytes, count_nonzero, count_params
@@ -19,6 +19,7 @@ __all__ = [
     "checkpoint_bytes",
     "count_macs",
     "measure_latency",
+    "compare_latency",
     "Evaluator",
     "Perplexity",
     "Accuracy",

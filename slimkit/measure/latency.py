@@ -20,7 +20,7 @@ from slimkit.core.errors import ConfigError
 from slimkit.core.inputs import ModelInputs, call_model, move_inputs
 from slimkit.measure._modelstate import eval_mode, model_device
 
-__all__ = ["measure_latency", "runtime_name", "DEFAULT_RUNTIME"]
+__all__ = ["measure_latency", "compare_latency", "runtime_name", "DEFAULT_RUNTIME"]
 
 DEFAULT_RUNTIME = "torch-eager"
 
@@ -56,6 +56,42 @@ def measure_latency(
         "threads": n_threads,
         "runtime": runtime_name(model),
     }
+
+
+def compare_latency(
+    models: dict[str, nn.Module],
+    example_inputs: ModelInputs,
+    *,
+    warmup: int = 3,
+    runs: int = 20,
+    threads: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Time several models round-robin (one pass of each per round) on the same inputs.
+
+    Machine noise on a shared CPU drifts over seconds; interleaving spreads it over every model
+    alike, so the ratios between them are fair — unlike timing one model after another.
+    """
+    _validate(warmup=warmup, runs=runs, threads=threads, min_seconds=0.0)
+    n_threads = torch.get_num_threads() if threads is None else threads
+    prepared = {k: (m, move_inputs(example_inputs, model_device(m)), model_device(m)) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    with _num_threads(n_threads), torch.inference_mode():
+        flags = [(mod, mod.training) for m in models.values() for mod in m.modules()]
+        for m in models.values():
+            m.eval()
+        try:
+            for m, inputs, device in prepared.values():
+                for _ in range(warmup):
+                    _forward(m, inputs, device)
+            for _ in range(runs):
+                for k, (m, inputs, device) in prepared.items():
+                    times[k] += _timed_runs(m, inputs, device, runs=1, min_seconds=0.0)
+        finally:
+            for mod, training in flags:
+                mod.training = training
+    return {k: {"latency_ms": statistics.median(t) * 1000.0, "latency_p90_ms": _percentile(sorted(t), 0.9) * 1000.0,
+                "latency_runs": len(t), "threads": n_threads, "runtime": runtime_name(models[k]),
+                "latency_method": "interleaved"} for k, t in times.items()}
 
 
 def runtime_name(model: nn.Module) -> str:

@@ -51,7 +51,9 @@ def _auto_class(kind: str) -> Any:
 def load_local(directory: Path, kind: str, what: str) -> tuple[nn.Module, Any]:
     """Load model (float32) and tokenizer from a local directory, offline and strictly."""
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # slimkit shows its own progress; a per-tensor bar is noise
     model, info = _auto_class(kind).from_pretrained(
         str(directory), local_files_only=True, output_loading_info=True, **float32()
     )

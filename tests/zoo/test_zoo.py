@@ -116,6 +116,7 @@ def test_entries_list_every_model_and_dataset() -> None:
     assert zoo.__all__ == [
         "load_model",
         "build_model",
+        "load_tokenizer",
         "load_data",
         "entries",
         "cache_dir",
