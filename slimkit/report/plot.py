@@ -29,6 +29,9 @@ def render_plot(report: Any, path: str | Path) -> None:
             x = x / 2**20 if key == "bytes" else x
             ax.scatter([x], [r["metrics"]["quality"]], s=40)
             ax.annotate(r["label"], (x, r["metrics"]["quality"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        values = [r["metrics"]["quality"] for r in rows]
+        if min(values) > 0 and max(values) / min(values) > 5:
+            ax.set_yscale("log")  # e.g. perplexities from 38 to 390: keep the good variants readable
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{qname} ({'higher' if quality.get('higher_is_better', True) else 'lower'} is better)")
         ax.grid(alpha=0.3)
