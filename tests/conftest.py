@@ -1,7 +1,7 @@
 """Shared fixtures: tiny models (built in milliseconds, no downloads) and test-only recipe steps.
 
-Everything here is a fixture (test files do not import this module). Nothing is autouse, so the
-suites owned by others (tests/zoo, tests/measure) are unaffected.
+Everything here is a fixture (test files do not import this module). Only the thread-count fixture
+at the end is autouse (tests run single-threaded: they assert numbers, not speed).
 """
 from __future__ import annotations
 
@@ -164,3 +164,13 @@ def minilm() -> tuple[nn.Module, object]:
     import slimkit as sk
 
     return sk.zoo.load_model("minilm-l6")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread():
+    """Tiny GEMMs with 2 spinning OpenMP threads on a shared 2-core box take ~40 ms instead of
+    ~0.02 ms; unit tests assert numbers, not speed, so they run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

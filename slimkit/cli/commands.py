@@ -43,8 +43,14 @@ def run_compress(args: argparse.Namespace) -> int:
     with _status("preparing calibration and held-out data", show):
         work = workload_for(task_of(model, zoo_name), tok, calib_batches=args.calib_batches,
                             eval_batches=args.eval_batches)
+    # training steps (distill / finetune) learn from the train split, unlabeled: distillation
+    # targets come from the teacher (the input model by default)
     result = sk.compress(model, recipe, calib=work.calib, eval=work.evaluator, example_inputs=work.example_inputs,
-                         progress=show, name=str(ref))
+                         train=work.calib if recipe.needs() & {"train"} else None, progress=show, name=str(ref))
+    from slimkit.parallel import is_main_process
+
+    if not is_main_process():  # under --nproc only rank 0 writes the output
+        return 0
     with _status(f"saving {out}", show):
         result.save(out, overwrite=args.overwrite)
     _print_report(result.report, args.json)

@@ -57,6 +57,8 @@ def _add_compress(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the train split")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out evaluation batches from the test split")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel training processes for distill/finetune steps (torchrun: gloo on CPU, nccl on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -85,10 +87,16 @@ def _add_zoo(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     from slimkit.core.errors import SlimkitError
 
     try:
+        if getattr(args, "nproc", 1) > 1:
+            from slimkit.parallel.launch import launch_cli, under_torchrun
+
+            if not under_torchrun():  # re-run this very command under torchrun with N workers
+                return launch_cli(argv, args.nproc)
         return _dispatch(args)
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)

@@ -205,13 +205,15 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is missing")
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        head = fh.read(8)
-    if len(head) < 8:
+        head = fh.read(9)
+    if len(head) < 9:
         raise CheckpointError(f"{path} is truncated ({size} bytes)")
-    if head[:2] in (b"PK", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
-        raise CheckpointError(f"{path} looks like a pickle/zip file, not safetensors; refusing to load it")
-    (header_len,) = struct.unpack("<Q", head)
-    if header_len <= 0 or 8 + header_len > size:
+    # safetensors = 8-byte little-endian header length, then a JSON header starting with "{".
+    # (The first bytes alone say nothing: they are the low bytes of the header length.)
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{" or header_len <= 1 or 8 + header_len > size:
+        if head[:2] == b"PK" or head[:1] == b"\x80":
+            raise CheckpointError(f"{path} looks like a pickle/zip file, not safetensors; refusing to load it")
         raise CheckpointError(f"{path} is not a valid safetensors file (header length {header_len}, file {size} bytes)")
     try:
         return load_file(str(path))

@@ -28,6 +28,7 @@ _QUANTIZED_LINEAR_OPS = (
     "linear_dynamic_fp16",
     "linear",
     "linear_relu",
+    "linear_with_input_q_dq_qweight_dq_output_fp32",
 )
 
 

@@ -9,6 +9,7 @@ from slimkit.core.select import select_modules
 from slimkit.prune.importance import MagnitudeImportance
 from slimkit.prune.magnitude.config import MagnitudePruneConfig
 from slimkit.prune.magnitude.core import apply_mask, global_threshold, layer_mask
+from slimkit.prune.pattern import check_nm_width, nm_mask, parse_pattern
 
 __all__ = ["prune_magnitude", "weight_sparsity"]
 
@@ -22,13 +23,19 @@ def _layers(model: nn.Module, cfg: MagnitudePruneConfig) -> list[tuple[str, nn.M
 def prune_magnitude(model: nn.Module, cfg: MagnitudePruneConfig, ctx: RunContext) -> nn.Module:
     """Zero the smallest weights of the selected layers; sparse storage makes the checkpoint shrink."""
     layers = _layers(model, cfg)
+    nm = parse_pattern(cfg.pattern)
+    for name, module in layers if nm else ():
+        check_nm_width(name, module.weight, nm[1])
     importance = MagnitudeImportance()
     scores = {name: importance(name, m) for name, m in layers}
     threshold = global_threshold(list(scores.values()), cfg.sparsity) if cfg.scope == "global" else None
     pruned = total = 0
     for name, module in layers:
         s = scores[name]
-        keep = s > threshold if threshold is not None else layer_mask(s, cfg.sparsity)
+        if nm is not None:
+            keep = nm_mask(s, *nm)
+        else:
+            keep = s > threshold if threshold is not None else layer_mask(s, cfg.sparsity)
         apply_mask(module.weight, keep)
         pruned += int((~keep).sum())
         total += keep.numel()

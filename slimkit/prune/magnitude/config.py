@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 
 from slimkit.core.config import StepConfig, check_choice, check_range, check_str_list
+from slimkit.core.errors import ConfigError
+from slimkit.prune.pattern import parse_pattern
 
 __all__ = ["MagnitudePruneConfig", "PRUNABLE_TYPES"]
 
@@ -21,6 +23,12 @@ class MagnitudePruneConfig(StepConfig):
     ``scope: layer`` prunes every selected layer to exactly ``sparsity``; ``scope: global`` ranks all
     selected weights together (layers end up with different sparsities). ``targets`` / ``ignore``
     use the module selection grammar (names, ``re:`` regexes, class names).
+    ``pattern: "2:4"`` (or ``"4:8"``, any ``N:M``) keeps the N largest of every M consecutive weights
+    of each row instead (sparsity is then 1 - N/M; ``sparsity`` and ``scope`` are not used):
+
+    ```yaml
+    - prune: {method: magnitude, pattern: "2:4", ignore: [lm_head]}
+    ```
     """
 
     method: str = "magnitude"
@@ -29,6 +37,7 @@ class MagnitudePruneConfig(StepConfig):
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
     layer_types: list[str] = dataclasses.field(default_factory=lambda: ["Linear", "Conv2d"])
+    pattern: str | None = None
 
     def validate(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
@@ -38,3 +47,6 @@ class MagnitudePruneConfig(StepConfig):
         check_str_list("ignore", self.ignore)
         for t in check_str_list("layer_types", self.layer_types):
             check_choice("layer_types[]", t, PRUNABLE_TYPES)
+        parse_pattern(self.pattern)
+        if self.pattern is not None and self.scope == "global":
+            raise ConfigError("scope = 'global' cannot be combined with pattern; an N:M pattern is per group of M weights")

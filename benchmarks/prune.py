@@ -1,0 +1,195 @@
+"""Pruning, side by side in one run: unstructured / N:M on SmolLM2-135M, structured on MobileNetV2 and MiniLM-L6.
+
+Run: ``.venv/bin/python benchmarks/prune.py`` → prints Markdown tables and writes
+``docs/benchmarks/prune.md``.
+
+* SmolLM2-135M held-out perplexity (Shakespeare test split; calibration on the train split) at 50 %
+  unstructured and 2:4 for slimkit magnitude / wanda / sparsegpt, and ``torch.nn.utils.prune``
+  global L1 magnitude as the peer. ``lm_head`` (tied to the embedding) is not pruned.
+* Structured: MobileNetV2 (channels) and MiniLM-L6 (MLP neurons) at 70 % and 50 % of the dense MACs;
+  latency ratio vs dense timed round-robin in the same run (``sk.measure.compare_latency``), quality
+  (top-1 agreement / embedding cosine with the dense model, held-out inputs) before and after a short
+  recovery distillation from the dense model through the shared training loop; Torch-Pruning's own
+  ``MetaPruner`` (magnitude importance) at the same per-group ratio as the peer.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import slimkit as sk
+from slimkit.cli.workloads import natural_image_batches
+from slimkit.core.inputs import call_model, output_tensor
+from slimkit.measure.macs import count_macs
+from slimkit.train.loop import TrainOptions, train
+
+
+def run(label: str, model: nn.Module, recipe_step: dict, **data: Any) -> tuple[nn.Module, float, dict]:
+    t = time.perf_counter()
+    res = sk.compress(model, {"steps": [{"prune": recipe_step}]}, progress=False, measure=False, **data)
+    return res.model, time.perf_counter() - t, res.report.steps[0].get("notes", {})
+
+
+# ----------------------------------------------------------------------------- SmolLM2 unstructured
+def torch_global_magnitude(model: nn.Module, sparsity: float) -> nn.Module:
+    """Peer: torch.nn.utils.prune.global_unstructured (L1) over every Linear except lm_head."""
+    m = copy.deepcopy(model)
+    params = [(mod, "weight") for n, mod in m.named_modules() if isinstance(mod, nn.Linear) and n != "lm_head"]
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=sparsity)
+    for mod, name in params:
+        torch_prune.remove(mod, name)
+    return m
+
+
+def llm_section(calib_batches: int, lines: list[str]) -> None:
+    model, tok = sk.zoo.load_model("smollm2-135m")
+    calib = sk.zoo.load_data("shakespeare", "train", tokenizer=tok, seq_len=256, max_batches=calib_batches)
+    test = sk.zoo.load_data("shakespeare", "test", tokenizer=tok, seq_len=256, max_batches=8)
+    ppl = sk.Perplexity(test)
+    dense = ppl(model)
+    rows = [("dense fp32", "-", dense, "-")]
+    for method in ("magnitude", "wanda", "sparsegpt"):
+        for pattern in (None, "2:4"):
+            step = {"method": method, "sparsity": 0.5, "ignore": ["lm_head"]}
+            if pattern:
+                step["pattern"] = pattern
+            pruned, secs, notes = run(method, model, step, calib=calib)
+            rows.append((f"slimkit {method}", pattern or "50 %", ppl(pruned), f"{secs:.0f}"))
+            print(rows[-1], notes, flush=True)
+            del pruned
+    t = time.perf_counter()
+    peer = torch_global_magnitude(model, 0.5)
+    rows.append(("torch.nn.utils.prune global L1 (peer)", "50 % global", ppl(peer), f"{time.perf_counter() - t:.0f}"))
+    lines += [f"## SmolLM2-135M: held-out perplexity (Shakespeare test, 8×256 tokens; calibration {calib_batches}×256 train tokens)", "",
+              "| method | sparsity | perplexity | × dense | prune time (s) |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {a} | {b} | {p:.2f} | {p / dense:.2f} | {s} |" for a, b, p, s in rows]
+    lines.append("")
+    print("\n".join(lines[-len(rows) - 4:]), flush=True)
+
+
+# ----------------------------------------------------------------------------- structured
+def distill_recover(student: nn.Module, teacher: nn.Module, batches: list[Any], steps: int, lr: float) -> nn.Module:
+    """Short recovery: match the dense model's outputs (MSE on logits / hidden states) via the shared loop."""
+    with torch.no_grad():
+        targets = [output_tensor(call_model(teacher, b)).detach() for b in batches]
+    data = list(range(len(batches)))
+
+    def loss_fn(model: nn.Module, i: int) -> torch.Tensor:
+        return F.mse_loss(output_tensor(call_model(model, batches[i])), targets[i])
+
+    train(student, data, loss_fn, TrainOptions(steps=steps, lr=lr, optimizer="adamw"))
+    return student
+
+
+def tp_peer(model: nn.Module, example: Any, ratio: float, kind: str) -> nn.Module:
+    """Torch-Pruning's own MetaPruner (group L2 magnitude) at the same per-group ratio."""
+    m = copy.deepcopy(model)
+    if kind == "cnn":
+        ignored = [m.classifier]
+        root_types = [nn.Conv2d]
+    else:  # encoder: only the MLP neurons (intermediate), as slimkit's `neuron` granularity
+        ignored = [mod for n, mod in m.named_modules() if isinstance(mod, nn.Linear) and "intermediate" not in n]
+        root_types = [nn.Linear]
+    pruner = tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=ratio, ignored_layers=ignored, root_module_types=root_types,
+                                  forward_fn=lambda mod, x: call_model(mod, x),
+                                  output_transform=lambda out: output_tensor(out))
+    pruner.step()
+    return m
+
+
+def structured_section(name: str, lines: list[str], steps: int) -> None:
+    if name == "mobilenet-v2":
+        model, _ = sk.zoo.load_model("mobilenet-v2")
+        calib = natural_image_batches(seed=0, batches=4, batch_size=8)
+        evalb = natural_image_batches(seed=1, batches=4, batch_size=16)
+        metric, example, gran, kind, lr = sk.Agreement(evalb), calib[0], "channel", "cnn", 1e-4
+        timing_inputs = calib[0][:4]
+    else:
+        model, tok = sk.zoo.load_model("minilm-l6")
+        calib = sk.zoo.load_data("shakespeare-lines", "train", tokenizer=tok, batch_size=16, seq_len=128, max_batches=8)
+        evalb = sk.zoo.load_data("shakespeare-lines", "test", tokenizer=tok, batch_size=32, seq_len=128, max_batches=4)
+        metric, example, gran, kind, lr = sk.CosineFidelity(evalb), calib[0], "neuron", "encoder", 1e-4
+        timing_inputs = evalb[0]
+    metric.prepare(model)
+    dense_macs = count_macs(model, example)
+    models: dict[str, nn.Module] = {"dense": model}
+    quality: dict[str, tuple[float, float | None]] = {"dense": (metric(model), None)}
+    macs: dict[str, float] = {"dense": 1.0}
+    for target in (0.7, 0.5):
+        pruned, secs, notes = run("structured", model, {"method": "structured", "granularity": gran,
+                                                        "target_macs": target, "round_to": 8}, example_inputs=example)
+        label = f"slimkit structured {gran}, target_macs {target}"
+        before = metric(pruned)
+        recovered = distill_recover(copy.deepcopy(pruned), model, calib, steps, lr)
+        models[label] = recovered
+        quality[label] = (before, metric(recovered))
+        macs[label] = count_macs(recovered, example) / dense_macs
+        print(label, notes, f"{secs:.0f}s", quality[label], flush=True)
+        peer = tp_peer(model, example, notes["group_ratio"], kind)
+        plabel = f"Torch-Pruning MetaPruner (peer), ratio {notes['group_ratio']:.3f}"
+        pbefore = metric(peer)
+        peer = distill_recover(peer, model, calib, steps, lr)
+        models[plabel] = peer
+        quality[plabel] = (pbefore, metric(peer))
+        macs[plabel] = count_macs(peer, example) / dense_macs
+        print(plabel, quality[plabel], flush=True)
+    lat = sk.measure.compare_latency(models, timing_inputs, runs=15)
+    base = lat["dense"]["latency_ms"]
+    qname = "top-1 agreement" if kind == "cnn" else "embedding cosine"
+    lines += [f"## {name}: structured pruning ({gran}), latency vs dense in the same run", "",
+              f"| model | MACs kept | latency ms (median) | × dense | {qname} after pruning | after {steps}-step recovery distillation |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for k in models:
+        q0, q1 = quality[k]
+        lines.append(f"| {k} | {macs[k]:.3f} | {lat[k]['latency_ms']:.1f} | {lat[k]['latency_ms'] / base:.2f} | "
+                     f"{q0:.4f} | {'-' if q1 is None else f'{q1:.4f}'} |")
+    lines.append("")
+    print("\n".join(lines[-len(models) - 4:]), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calib-batches", type=int, default=16)
+    parser.add_argument("--recover-steps", type=int, default=30)
+    parser.add_argument("--parts", default="llm,mobilenet-v2,minilm-l6")
+    parser.add_argument("--out", default="docs/benchmarks/prune.md")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    load = os.getloadavg()
+    lines = ["# Pruning benchmark", "",
+             f"Machine: {os.cpu_count()} CPU cores shared with other jobs, load average at start "
+             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; torch {torch.__version__}, {args.threads} threads, "
+             f"eager PyTorch; torch-pruning {tp.__version__}. Everything below comes from one run of "
+             "`benchmarks/prune.py`.", ""]
+    parts = args.parts.split(",")
+    sections = [("llm", lambda: llm_section(args.calib_batches, lines))] + [
+        (name, lambda name=name: structured_section(name, lines, args.recover_steps)) for name in ("mobilenet-v2", "minilm-l6")]
+    for name, section in sections:
+        if name in parts:
+            section()
+            write(args.out, lines, start)  # after every section, so a cut-short run keeps what it measured
+
+
+def write(out: str, lines: list[str], start: float) -> None:
+    load = os.getloadavg()
+    tail = f"Run so far took {time.time() - start:.0f} s; load average now {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}."
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text("\n".join(lines + [tail]) + "\n", encoding="utf-8")
+    print(f"wrote {out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""torch.distributed plumbing for the training loop: process group from the torchrun environment,
+rank-aware helpers, sharding a global batch across ranks, and wrapping a model in DDP / FSDP.
+
+Data-parallel semantics: every rank sees the same list of *global* batches; each batch is split
+along its first dimension into ``world_size`` shards and rank ``r`` trains on shard ``r``. DDP
+averages the gradients, so with equal shards and mean-reduced losses one step equals the
+single-process step on the whole batch.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from slimkit.core.errors import DataError
+
+__all__ = [
+    "ensure_process_group",
+    "is_distributed",
+    "world_size",
+    "rank",
+    "is_main_process",
+    "barrier",
+    "shard_batch",
+    "wrap_model",
+    "unwrap_model",
+    "all_reduce_mean",
+    "local_device",
+]
+
+
+def ensure_process_group() -> bool:
+    """Initialise the default process group when launched by torchrun (``WORLD_SIZE`` > 1).
+
+    gloo on CPU, nccl when CUDA is available. Returns whether training is distributed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return dist.get_world_size() > 1
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (and in a plain single process): the one that writes files."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def local_device() -> torch.device:
+    """This rank's device: ``cuda:LOCAL_RANK`` under nccl, else the CPU."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _batch_len(batch: Any) -> int | None:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else ()
+    for v in values:
+        n = _batch_len(v)
+        if n is not None:
+            return n
+    return None
+
+
+def _take(batch: Any, n: int, index: int, parts: int) -> Any:
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() and batch.shape[0] == n:
+            return torch.tensor_split(batch, parts, dim=0)[index]
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: _take(v, n, index, parts) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_take(v, n, index, parts) for v in batch)
+    return batch
+
+
+def shard_batch(batch: Any, index: int, parts: int) -> Any:
+    """Shard ``index`` of ``parts`` of a batch (tensor / tuple / dict) split along dimension 0.
+
+    Tensors whose first dimension is not the batch size (e.g. a scalar) are passed unchanged.
+    Raises :class:`DataError` when the batch has fewer rows than ranks.
+    """
+    if parts == 1:
+        return batch
+    n = _batch_len(batch)
+    if n is None or n < parts:
+        raise DataError(f"a training batch of {n} rows cannot be split across {parts} processes; "
+                        f"use batches of at least {parts} (ideally a multiple of {parts}) rows")
+    return _take(batch, n, index, parts)
+
+
+def wrap_model(model: nn.Module, strategy: str = "ddp") -> nn.Module:
+    """``model`` wrapped for data-parallel training: DistributedDataParallel, or FSDP2 ``fully_shard``.
+
+    Without a process group the model is returned as is.
+    """
+    if not is_distributed():
+        return model
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        return fully_shard(model)  # shards parameters in place; the module itself is returned
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = local_device()
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module inside a DDP wrapper (FSDP2 modules are their own)."""
+    return model.module if hasattr(model, "module") and type(model).__name__ == "DistributedDataParallel" else model
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """The mean of ``value`` over ranks (itself in a single process)."""
+    if not is_distributed():
+        return value
+    out = value.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / dist.get_world_size()

@@ -1,0 +1,100 @@
+"""GPTQ (Frantar et al. 2022): quantize a weight column by column, feeding each column's rounding
+error back into the not-yet-quantized columns through the inverse Hessian ``H = 2 X^T X / n``.
+
+Groups are contiguous input columns (storage format of :mod:`slimkit.quantize.weight_only`):
+without ``act_order`` a group's scale/zero are fitted when the algorithm reaches its first column
+(on the error-corrected weights); with ``act_order`` (columns processed by decreasing Hessian
+diagonal) they are fitted up front per group ("static groups"), so the stored groups stay
+contiguous. A last group shorter than ``group_size`` (576 columns, group 128) is fitted on its
+own columns only.
+"""
+from __future__ import annotations
+
+import torch
+
+from slimkit.quantize.weight_only.core import group_params, quantize_codes
+
+__all__ = ["HessianAccumulator", "gptq_quantize"]
+
+
+class HessianAccumulator:
+    """Running ``H = 2/n Σ x xᵀ`` over calibration rows x [tokens, K] (float64 accumulation)."""
+
+    def __init__(self, in_features: int) -> None:
+        self.h = torch.zeros(in_features, in_features, dtype=torch.float64)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.double()
+        self.h += x.t() @ x
+        self.n += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        return (2.0 / max(self.n, 1)) * self.h.float()
+
+
+def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + λI)^-1`` with ``λ = damp · mean(diag H)`` (retried stronger if needed)."""
+    k = h.shape[0]
+    mean_diag = torch.mean(torch.diag(h)).clamp_min(1e-8)
+    for extra in (1.0, 10.0, 100.0):
+        hd = h + torch.eye(k) * (damp * extra * mean_diag)
+        l, info = torch.linalg.cholesky_ex(hd.double())
+        if int(info) == 0:
+            inv = torch.cholesky_inverse(l)
+            return torch.linalg.cholesky(inv, upper=True).float()
+    raise RuntimeError("Hessian is not positive definite even with 100x damping")
+
+
+def _group_bounds(k: int, group_size: int | None) -> list[tuple[int, int]]:
+    step = k if group_size is None else group_size
+    return [(s, min(s + step, k)) for s in range(0, k, step)]
+
+
+def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
+                  damp: float = 0.01, act_order: bool = False,
+                  block: int = 128) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPTQ of ``weight`` [N, K] with Hessian ``h`` [K, K] -> (codes uint8 [N, K], scale [N, G], zero [N, G])."""
+    w = weight.detach().float().clone()
+    n, k = w.shape
+    h = h.clone()
+    dead = torch.diag(h) == 0  # inputs never active: weight irrelevant, keep H invertible
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    bounds = _group_bounds(k, group_size)
+    col_group = torch.cat([torch.full((e - s,), i) for i, (s, e) in enumerate(bounds)])
+    scale = torch.zeros(n, len(bounds))
+    zero = torch.zeros(n, len(bounds))
+    fitted = torch.zeros(len(bounds), dtype=torch.bool)
+    if act_order:
+        for i, (s, e) in enumerate(bounds):  # static groups: fitted before any error feedback
+            scale[:, i], zero[:, i] = group_params(w[:, s:e], bits, symmetric)
+        fitted[:] = True
+        perm = torch.argsort(torch.diag(h), descending=True)
+    else:
+        perm = torch.arange(k)
+    w, h = w[:, perm], h[perm][:, perm]
+    hinv = _inverse_cholesky(h, damp)
+    codes = torch.zeros(n, k, dtype=torch.uint8)
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        w1 = w[:, b0:b1].clone()
+        err1 = torch.zeros_like(w1)
+        for j in range(b1 - b0):
+            col = int(perm[b0 + j])
+            g = int(col_group[col])
+            if not fitted[g]:  # first column of a group (natural order): fit on corrected weights
+                s, e = bounds[g]
+                width = bounds[g][1] - bounds[g][0]
+                cols = torch.cat([w1[:, j:j + width], w[:, b1:b0 + j + width]], dim=1)  # [N, width]
+                scale[:, g], zero[:, g] = group_params(cols, bits, symmetric)
+                fitted[g] = True
+            q = quantize_codes(w1[:, j:j + 1], scale[:, g], zero[:, g], bits).reshape(-1)
+            codes[:, col] = q
+            deq = (q.float() - zero[:, g]) * scale[:, g]
+            d = hinv[b0 + j, b0 + j]
+            err = (w1[:, j] - deq) / d
+            w1[:, j:] -= err.unsqueeze(1) * hinv[b0 + j, b0 + j:b1].unsqueeze(0)
+            err1[:, j] = err
+        w[:, b1:] -= err1 @ hinv[b0:b1, b1:]
+    return codes, scale, zero

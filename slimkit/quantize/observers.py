@@ -1,0 +1,195 @@
+"""Range observers for post-training quantization: min-max, percentile and MSE.
+
+An observer watches tensors (calibration activations, or a weight once) and proposes the real
+range ``[lo, hi]`` that the integer grid should cover, either per tensor (``lo``/``hi`` of shape
+``[1]``) or per channel along ``axis`` (shape ``[channels]``). :func:`qparams` then turns a range
+into a scale and zero point for a symmetric (signed) or asymmetric (unsigned) grid.
+
+* ``minmax``: the extreme values seen; never clips, but one outlier stretches the grid.
+* ``percentile``: the ``percentile``-th quantile of the values (per batch, averaged over batches);
+  clips rare outliers for finer resolution of the bulk.
+* ``mse``: searches clipping ratios (1 down to 0.02, geometric) of the min-max range and keeps the one with the smallest
+  quantize→dequantize mean squared error on a sample of the observed values.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+import torch
+
+from slimkit.core.errors import ConfigError
+
+__all__ = [
+    "OBSERVERS", "Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver",
+    "make_observer", "qparams", "fake_quantize", "observe_layers",
+]
+
+#: at most this many values per channel are kept by the MSE observer (a random sample beyond)
+_MSE_SAMPLE = 1 << 16
+#: at most this many values per batch go into torch.quantile (its input limit is 2**24)
+_QUANTILE_SAMPLE = 1 << 22
+
+
+class Observer(Protocol):
+    def update(self, x: torch.Tensor) -> None: ...
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """``[channels, n]`` view of ``x`` (``[1, numel]`` when per tensor)."""
+    x = x.detach().float()
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+class MinMaxObserver:
+    """Running min and max over everything observed."""
+
+    def __init__(self, axis: int | None = None) -> None:
+        self.axis = axis
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        c = _channels_first(x, self.axis)
+        lo, hi = c.amin(dim=1), c.amax(dim=1)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.lo is None or self.hi is None:
+            raise ValueError("observer saw no data")
+        return self.lo, self.hi
+
+
+class PercentileObserver:
+    """Lower/upper ``percentile`` quantiles per batch, averaged over the batches."""
+
+    def __init__(self, axis: int | None = None, percentile: float = 99.99) -> None:
+        self.axis, self.q = axis, percentile / 100.0
+        self._lo: list[torch.Tensor] = []
+        self._hi: list[torch.Tensor] = []
+
+    def update(self, x: torch.Tensor) -> None:
+        c = _channels_first(x, self.axis)
+        if c.shape[1] > _QUANTILE_SAMPLE:  # torch.quantile refuses > 2**24 values
+            idx = torch.randint(0, c.shape[1], (_QUANTILE_SAMPLE,), generator=torch.Generator().manual_seed(0))
+            c = c[:, idx]
+        qs = torch.tensor([1.0 - self.q, self.q])
+        both = torch.quantile(c, qs, dim=1)  # [2, channels]
+        self._lo.append(both[0])
+        self._hi.append(both[1])
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._lo:
+            raise ValueError("observer saw no data")
+        return torch.stack(self._lo).mean(0), torch.stack(self._hi).mean(0)
+
+
+class MSEObserver:
+    """Min-max range shrunk by the ratio (searched on a grid) that minimises quantization MSE."""
+
+    def __init__(self, axis: int | None = None, bits: int = 8, symmetric: bool = True, grid: int = 60) -> None:
+        self.axis, self.bits, self.symmetric, self.grid = axis, bits, symmetric, grid
+        self.minmax = MinMaxObserver(axis)
+        self._samples: list[torch.Tensor] = []
+
+    def update(self, x: torch.Tensor) -> None:
+        self.minmax.update(x)
+        c = _channels_first(x, self.axis)
+        if c.shape[1] > _MSE_SAMPLE:
+            idx = torch.randint(0, c.shape[1], (_MSE_SAMPLE,), generator=torch.Generator().manual_seed(len(self._samples)))
+            c = c[:, idx]
+        self._samples.append(c)
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.minmax.range()
+        data = torch.cat(self._samples, dim=1)  # [channels, n]
+        best_err = torch.full_like(lo, float("inf"))
+        best = torch.ones_like(lo)
+        for i in range(self.grid):
+            ratio = 0.02 ** (i / (self.grid - 1))  # geometric grid from 1.0 down to 0.02
+            scale, zero = qparams(lo * ratio, hi * ratio, self.bits, self.symmetric)
+            err = (fake_quantize(data, scale.unsqueeze(1), zero.unsqueeze(1), self.bits, self.symmetric) - data)
+            err = err.pow(2).mean(dim=1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, torch.full_like(best, ratio), best)
+        return lo * best, hi * best
+
+
+#: observer names accepted in recipes
+OBSERVERS = ("minmax", "percentile", "mse")
+
+
+def make_observer(name: str, axis: int | None = None, *, percentile: float = 99.99, bits: int = 8,
+                  symmetric: bool = True) -> Observer:
+    """An observer by recipe name; ``axis=None`` observes per tensor, an int per channel along it."""
+    if name == "minmax":
+        return MinMaxObserver(axis)
+    if name == "percentile":
+        return PercentileObserver(axis, percentile)
+    if name == "mse":
+        return MSEObserver(axis, bits, symmetric)
+    raise ConfigError(f"observer = {name!r} is not valid; choose one of {list(OBSERVERS)}")
+
+
+def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int = 8, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point covering ``[lo, hi]``.
+
+    Symmetric: signed grid ``[-(2^(b-1)-1), 2^(b-1)-1]``, zero point 0, ``scale = max(|lo|,|hi|) / qmax``.
+    Asymmetric: unsigned grid ``[0, 2^b - 1]`` with the range widened to include 0 (so that 0 is
+    exact, as padding and ReLU outputs need), ``zero = round(-lo / scale)``.
+    """
+    lo, hi = lo.float(), hi.float()
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (torch.maximum(lo.abs(), hi.abs()) / qmax).clamp_min(1e-12)
+        return scale, torch.zeros_like(scale, dtype=torch.int64)
+    lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+    qmax = 2**bits - 1
+    scale = ((hi - lo) / qmax).clamp_min(1e-12)
+    zero = torch.round(-lo / scale).clamp(0, qmax).to(torch.int64)
+    return scale, zero
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int = 8,
+                  symmetric: bool = True) -> torch.Tensor:
+    """Quantize then dequantize ``x`` on the grid of :func:`qparams` (scale/zero broadcast to x)."""
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        return torch.round(x / scale).clamp(-qmax, qmax) * scale
+    qmax = 2**bits - 1
+    return (torch.round(x / scale) + zero).clamp(0, qmax).sub(zero) * scale
+
+
+def observe_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Module], factory: Callable[[], Observer],
+                   batches: Iterable[Any], *, outputs: bool = False) -> dict[str, tuple[Observer, Observer | None]]:
+    """Run ``batches`` through ``model`` and feed each named layer's input (and output) to observers.
+
+    Returns ``{name: (input_observer, output_observer or None)}``; hooks are removed afterwards.
+    """
+    from slimkit.core.inputs import call_model
+
+    seen: dict[str, tuple[Observer, Observer | None]] = {
+        name: (factory(), factory() if outputs else None) for name in layers}
+
+    def hook(name: str) -> Callable[..., None]:
+        def fn(module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            obs_in, obs_out = seen[name]
+            obs_in.update(args[0])
+            if obs_out is not None:
+                obs_out.update(out)
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

@@ -1,0 +1,1 @@
+"""Weight sharing: k-means clustering with codebook storage, cross-layer parameter sharing."""
