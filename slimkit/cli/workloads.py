@@ -98,7 +98,7 @@ def natural_image_batches(*, seed: int, batches: int, batch_size: int = 16, size
     """
     from sklearn.datasets import load_sample_images
 
-    photos = [torch.from_numpy(img).permute(2, 0, 1).float() / 255 for img in load_sample_images().images]
+    photos = [torch.tensor(img).permute(2, 0, 1).float() / 255 for img in load_sample_images().images]
     gen = torch.Generator().manual_seed(seed)
     mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)

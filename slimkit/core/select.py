@@ -20,7 +20,7 @@ from torch import nn
 
 from slimkit.core.errors import ConfigError
 
-__all__ = ["select_modules", "matching_names"]
+__all__ = ["select_modules", "matching_names", "tied_weight_names"]
 
 
 def _rule_hits(model: nn.Module, rule: str, field: str) -> set[str]:
@@ -71,3 +71,17 @@ def select_modules(
             continue
         chosen.append((name, module))
     return chosen
+
+
+def tied_weight_names(model: nn.Module) -> set[str]:
+    """Names of modules whose ``weight`` parameter is shared with another module (tied lm_head).
+
+    Steps that replace a layer by a compressed copy must treat these explicitly: replacing one
+    side silently unties it (and stores the matrix twice).
+    """
+    owners: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if isinstance(w, nn.Parameter):
+            owners.setdefault(id(w), []).append(name)
+    return {n for names in owners.values() if len(names) > 1 for n in names}

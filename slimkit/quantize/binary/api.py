@@ -13,7 +13,7 @@ from slimkit.core.select import select_modules
 from slimkit.io.edits import replace_module
 from slimkit.quantize.binary.config import BinaryConfig, TernaryConfig
 from slimkit.quantize.binary.core import LowBitLayer, binarize, ternarize
-from slimkit.quantize.dynamic_int8.api import tied_weight_names
+from slimkit.core.select import tied_weight_names
 
 __all__ = ["quantize_binary", "quantize_ternary"]
 

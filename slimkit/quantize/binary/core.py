@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.io.edits import register_module_kind
+from slimkit.quantize.dequant_layer import CachedDequantLayer
 
 __all__ = ["binarize", "ternarize", "pack_codes", "unpack_codes", "LowBitLayer"]
 
@@ -61,7 +62,7 @@ _CONV_KEYS = ("stride", "padding", "dilation", "groups")
 
 
 @register_module_kind("lowbit_weight_layer")
-class LowBitLayer(nn.Module):
+class LowBitLayer(CachedDequantLayer):
     """Linear or Conv2d whose weight is packed 1-bit / 2-bit codes times a per-channel scale."""
 
     def __init__(self, op: str, weight_shape: tuple[int, ...], bits: int, bias: bool,
@@ -105,23 +106,6 @@ class LowBitLayer(nn.Module):
 
     def slimkit_weights(self) -> dict[str, torch.Tensor]:
         return {"weight": self.codes().reshape(self.weight_shape), **({"bias": self.bias} if self.bias is not None else {})}
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._weight = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_weight": None}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._weight is None or self._weight.device != x.device:
-            self._weight = self.dequantized_weight().to(x.device)  # unpacked once, then cached
-        w = self._weight.to(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
-        if self.op == "linear":
-            return nn.functional.linear(x, w, b)
-        c = self.conv
-        return nn.functional.conv2d(x, w, b, tuple(c["stride"]), tuple(c["padding"]), tuple(c["dilation"]), c["groups"])
 
     def extra_repr(self) -> str:
         return f"op={self.op}, weight_shape={self.weight_shape}, bits={self.bits}"

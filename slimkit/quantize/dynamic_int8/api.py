@@ -6,22 +6,12 @@ from torch import nn
 from slimkit.core.context import RunContext
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
-from slimkit.core.select import select_modules
+from slimkit.core.select import select_modules, tied_weight_names
 from slimkit.io.edits import replace_module
 from slimkit.quantize.dynamic_int8.config import DynamicInt8Config
 from slimkit.quantize.dynamic_int8.core import Int8DynamicLinear
 
-__all__ = ["quantize_dynamic_int8", "tied_weight_names"]
-
-
-def tied_weight_names(model: nn.Module) -> set[str]:
-    """Names of modules whose ``weight`` parameter is shared with another module."""
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules():
-        w = getattr(module, "weight", None)
-        if isinstance(w, nn.Parameter):
-            owners.setdefault(id(w), []).append(name)
-    return {n for names in owners.values() if len(names) > 1 for n in names}
+__all__ = ["quantize_dynamic_int8"]
 
 
 @register("quantize", "dynamic_int8", DynamicInt8Config)

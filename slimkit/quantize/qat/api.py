@@ -13,7 +13,7 @@ from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import select_modules
 from slimkit.io.edits import replace_module
-from slimkit.quantize.dynamic_int8.api import tied_weight_names
+from slimkit.core.select import tied_weight_names
 from slimkit.quantize.dynamic_int8.core import Int8DynamicLinear
 from slimkit.quantize.qat.config import QATConfig
 from slimkit.quantize.qat.core import FakeQuantLayer, IntWeightLayer

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from slimkit.io.edits import register_module_kind
+from slimkit.quantize.dequant_layer import CachedDequantLayer
 
 __all__ = ["weight_qparams", "fake_quant_ste", "FakeQuantLayer", "IntWeightLayer", "pack_nibbles", "unpack_nibbles"]
 
@@ -71,7 +72,7 @@ def unpack_nibbles(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 @register_module_kind("int_weight_layer")
-class IntWeightLayer(nn.Module):
+class IntWeightLayer(CachedDequantLayer):
     """Linear/Conv2d with b-bit integer weights (packed two per byte at ≤ 4 bits) and per-channel scales."""
 
     def __init__(self, op: str, weight_shape: tuple[int, ...], bits: int, per_channel: bool, bias: bool,
@@ -126,22 +127,6 @@ class IntWeightLayer(nn.Module):
 
     def slimkit_weights(self) -> dict[str, torch.Tensor]:
         return {"weight": self.integers(), **({"bias": self.bias} if self.bias is not None else {})}
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._weight = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_weight": None}
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._weight is None or self._weight.device != x.device:
-            self._weight = self.dequantized_weight().to(x.device)  # dequantized once, then cached
-        w, b = self._weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype)
-        if self.op == "linear":
-            return nn.functional.linear(x, w, b)
-        c = self.conv
-        return nn.functional.conv2d(x, w, b, tuple(c["stride"]), tuple(c["padding"]), tuple(c["dilation"]), c["groups"])
 
     def extra_repr(self) -> str:
         return f"op={self.op}, weight_shape={self.weight_shape}, bits={self.bits}, per_channel={self.per_channel}"

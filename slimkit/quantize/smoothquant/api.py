@@ -8,7 +8,7 @@ from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import select_modules
 from slimkit.io.edits import replace_module
-from slimkit.quantize.dynamic_int8.api import tied_weight_names
+from slimkit.core.select import tied_weight_names
 from slimkit.quantize.observers import MinMaxObserver, observe_layers, qparams
 from slimkit.quantize.smoothquant.config import SmoothQuantConfig
 from slimkit.quantize.smoothquant.core import SmoothQuantLinear, smoothing_factors

@@ -9,7 +9,7 @@ from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import select_modules
 from slimkit.io.edits import replace_module
-from slimkit.quantize.dynamic_int8.api import tied_weight_names
+from slimkit.core.select import tied_weight_names
 from slimkit.quantize.observers import make_observer, observe_layers, qparams
 from slimkit.quantize.static_int8.config import StaticInt8Config
 from slimkit.quantize.static_int8.core import FoldedBatchNorm, Int8StaticConv2d, Int8StaticLinear, fold_batchnorm

@@ -7,28 +7,18 @@ from torch import nn
 from slimkit.core.context import RunContext
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
-from slimkit.core.select import select_modules
+from slimkit.core.select import select_modules, tied_weight_names
 from slimkit.io.edits import replace_module
 from slimkit.share.kmeans.config import KMeansShareConfig
 from slimkit.share.kmeans.core import ClusteredLinear
 
-__all__ = ["share_kmeans", "tied_linear_names"]
-
-
-def tied_linear_names(model: nn.Module) -> set[str]:
-    """Modules whose ``weight`` parameter is shared with another module (e.g. a tied lm_head)."""
-    owners: dict[int, list[str]] = {}
-    for name, module in model.named_modules():
-        w = getattr(module, "weight", None)
-        if isinstance(w, nn.Parameter):
-            owners.setdefault(id(w), []).append(name)
-    return {n for names in owners.values() if len(names) > 1 for n in names}
+__all__ = ["share_kmeans"]
 
 
 @register("share_weights", "kmeans", KMeansShareConfig, default=True)
 def share_kmeans(model: nn.Module, cfg: KMeansShareConfig, ctx: RunContext) -> nn.Module:
     """Replace every selected ``nn.Linear`` by a :class:`ClusteredLinear` with ``clusters`` values."""
-    tied = tied_linear_names(model)
+    tied = tied_weight_names(model)
     layers = select_modules(model, (nn.Linear,), targets=cfg.targets, ignore=cfg.ignore, field="share_weights")
     sqnr: list[float] = []
     for name, linear in ctx.progress(layers, "k-means weight sharing"):
