@@ -36,7 +36,7 @@ def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool
     models = {"fp32 baseline": model}
     for label, recipe in VARIANTS:
         result = sk.compress(model, recipe, eval=work.evaluator, example_inputs=work.example_inputs,
-                             progress=progress, baseline=base, name=label, latency_runs=3)
+                             progress=progress, baseline=base, name=label, latency_runs=0)
         rows.append((label, dict(result.report.after), recipe, result.report.steps))
         models[label] = result.model
     # final latencies: all variants timed round-robin in one loop, so drift hits them alike
@@ -52,7 +52,7 @@ def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool
 def _metrics(model: Any, work: Any) -> dict[str, Any]:
     import slimkit as sk
 
-    metrics = sk.measure(model, work.example_inputs, runs=3)
+    metrics = sk.measure(model, work.example_inputs, latency=False)
     metrics["quality"] = float(work.evaluator(model))
     return metrics
 

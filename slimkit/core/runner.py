@@ -62,7 +62,9 @@ def compress(
     The input model is never modified. Everything a step needs (``calib``, ``train``, ``teacher``,
     ``example_inputs``) is checked before any step runs. ``eval`` is a callable ``model -> float``
     or a slimkit evaluator (``sk.Perplexity`` ...); ``measure=False`` skips size/latency.
-    ``baseline`` reuses metrics already measured on the input model (comparisons of variants).
+    ``baseline`` reuses metrics already measured on the input model (comparisons of variants);
+    ``latency_runs=0`` skips per-step latency (and so the per-step speed guard), for callers that
+    time all variants round-robin themselves, as ``slimkit demo`` does.
     """
     from slimkit.measure.quality import as_evaluator
     from slimkit.report import Report
@@ -129,7 +131,9 @@ class _Probe:
 
         metrics: dict[str, Any] = {}
         if self.measure:
-            metrics.update(measure_model(model, self.ctx.example_inputs, runs=self.runs))
+            # runs == 0: sizes and MACs only (the caller times variants itself, side by side)
+            metrics.update(measure_model(model, self.ctx.example_inputs, latency=self.runs > 0,
+                                         runs=max(self.runs, 1)))
         if self.evaluator is not None:
             metrics["quality"] = float(self.evaluator(model))
             for extra in ("last_min",):

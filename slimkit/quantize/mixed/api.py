@@ -28,6 +28,7 @@ def _sensitivity(model: nn.Module, layers: dict[str, nn.Linear], levels: list[in
                  ctx: RunContext, calib: list) -> dict[str, list[float]]:
     """errors[layer][level] from each layer's calibration Hessian, one block at a time."""
     errors: dict[str, list[float]] = {}
+    diag_means: list[float] = []  # typical per-feature input energy, for layers seen without calibration
 
     def visit(block_name: str, block: nn.Module, replay: Callable[[], None]) -> None:
         local = block_layers(block_name, block, layers)
@@ -36,9 +37,21 @@ def _sensitivity(model: nn.Module, layers: dict[str, nn.Linear], levels: list[in
             replay()
         for name, m in local.items():
             h = hess.pop(name).hessian()
+            diag_means.append(float(h.diagonal().mean()))
             errors[name] = [layer_error(m.weight, h, b, cfg.group_size, cfg.symmetric) for b in levels]
 
     run_blocks(model, calib, visit, ctx.progress)
+    # Linears outside the repeated blocks (e.g. BERT's pooler) see no block-wise calibration:
+    # score them by weight error under an isotropic Hessian scaled like the calibrated layers'
+    # (so their scores stay comparable), and say so in the report.
+    outside = [n for n in layers if n not in errors]
+    scale = sum(diag_means) / len(diag_means) if diag_means else 1.0
+    for name in outside:
+        m = layers[name]
+        eye = torch.eye(m.in_features, dtype=torch.float32) * scale
+        errors[name] = [layer_error(m.weight, eye, b, cfg.group_size, cfg.symmetric) for b in levels]
+    if outside:
+        ctx.note("scored_without_calibration", outside)
     return errors
 
 
