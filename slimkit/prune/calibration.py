@@ -3,9 +3,8 @@
 Wanda, SparseGPT and activation pruning need statistics of each layer's input (or output) on
 calibration data. Running the whole model with hooks on every layer at once would hold every
 statistic (a SparseGPT Hessian per layer) and use the *dense* upstream activations. Instead, like
-the reference implementations, the model's repeated blocks (the largest ``nn.ModuleList`` of
-identical blocks: transformer layers) are run one at a time: the inputs of block 0 are captured
-once, each block is run with hooks on its selected layers, pruned, then re-run to produce the
+the reference implementations, the model's repeated blocks (:mod:`slimkit.core.sequential`,
+shared with GPTQ / AWQ) are run one at a time: the inputs of block 0 are captured once, each block is run with hooks on its selected layers, pruned, then re-run to produce the
 (pruned) inputs of the next block. Memory stays bounded by one block's statistics plus the
 calibration hidden states. Selected layers outside the blocks (or models without blocks) get a
 final full-model pass.
@@ -20,64 +19,15 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.inputs import call_model
+from slimkit.core.sequential import capture_block_inputs, next_block_inputs, repeated_blocks
 
-__all__ = ["LayerStats", "find_blocks", "calibrate_and_prune"]
+__all__ = ["LayerStats", "calibrate_and_prune"]
 
 
 class LayerStats(Protocol):
     """Accumulates what a pruner needs from one layer's forward passes."""
 
     def add(self, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> None: ...
-
-
-class _Stop(Exception):
-    """Raised by the capture hook so the forward pass stops after block 0's inputs are recorded."""
-
-
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """The largest ``nn.ModuleList`` whose children all share one class and hold parameters."""
-    best = None
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) < 2:
-            continue
-        kinds = {type(b) for b in mod}
-        if len(kinds) == 1 and any(True for _ in mod[0].parameters()):
-            size = sum(p.numel() for p in mod.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, mod)
-    return None if best is None else (best[1], best[2])
-
-
-def _capture_block_inputs(model: nn.Module, block: nn.Module, calib: Sequence[Any]) -> list[tuple[tuple, dict]]:
-    """The (args, kwargs) block 0 receives for every calibration batch."""
-    captured: list[tuple[tuple, dict]] = []
-
-    def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-        captured.append((args, kwargs))
-        raise _Stop
-
-    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        for batch in calib:
-            try:
-                call_model(model, batch)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _next_inputs(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    """Block ``i``'s output placed where block ``i + 1`` expects its hidden states."""
-    hidden = _first(block(*args, **kwargs))
-    if args:
-        return (hidden,) + tuple(args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": hidden}
 
 
 def _with_hooks(layers: dict[str, nn.Module], make_stats: Callable[[str, nn.Module], LayerStats],
@@ -107,10 +57,10 @@ def calibrate_and_prune(
 ) -> None:
     """Collect stats for each selected layer on ``calib`` (block by block) and prune it in place."""
     pending = dict(layers)
-    found = find_blocks(model)
+    found = repeated_blocks(model)
     if found is not None:
         prefix, blocks = found
-        states = _capture_block_inputs(model, blocks[0], calib)
+        states = capture_block_inputs(model, blocks[0], calib)
         indices = range(len(blocks))
         for i in ctx.progress(indices, "calibrating blocks") if ctx else indices:
             block_prefix = f"{prefix}.{i}."
@@ -126,7 +76,7 @@ def calibrate_and_prune(
                 for name, module in mine.items():
                     prune_layer(name, module, stats.pop(name))
                     del pending[name]
-            states = [_next_inputs(block, args, kwargs) for args, kwargs in states]
+            states = [next_block_inputs(block, args, kwargs) for args, kwargs in states]
     if pending:  # layers outside the blocks, or a model without repeated blocks: one full pass
         stats = _with_hooks(pending, make_stats, lambda: [call_model(model, b) for b in calib])
         for name, module in pending.items():
