@@ -8,17 +8,6 @@ import torch.nn.functional as F
 from slimkit.distill.losses import attention_kl, channels_last, feature_mse, logit_kd, mix_hard
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two spinning OpenMP threads make tiny
-    models ~100x slower (measured: 46 s vs 0.36 s for 160 MLP steps). Restored after the test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def test_logit_kd_matches_torch_kl_div_times_t_squared() -> None:
     gen = torch.Generator().manual_seed(0)
     s, t = torch.randn(6, 10, generator=gen), torch.randn(6, 10, generator=gen)

@@ -13,15 +13,6 @@ from slimkit.quantize.mixed.api import _calib_ppl
 from slimkit.quantize.weight_only import WeightOnlyLinear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread (tiny GEMMs on an oversubscribed machine); restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_llama(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -11,16 +11,6 @@ from slimkit.quantize.weight_only.core import (
 from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLinear
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core machine tiny GEMMs with 2 spinning
-    OpenMP threads take ~40 ms instead of ~0.02 ms. Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("bits", [2, 3, 4, 5, 6, 7, 8])
 @pytest.mark.parametrize("cols", [1, 7, 64, 99])
 def test_pack_unpack_bit_exact(bits: int, cols: int) -> None:

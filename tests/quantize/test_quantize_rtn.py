@@ -12,16 +12,6 @@ from slimkit.measure.size import checkpoint_bytes
 from slimkit.quantize.weight_only import WeightOnlyEmbedding, WeightOnlyLinear, sqnr_db
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core machine tiny GEMMs with 2 spinning
-    OpenMP threads take ~40 ms instead of ~0.02 ms. Restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_llama(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

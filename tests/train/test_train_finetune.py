@@ -10,17 +10,6 @@ import slimkit as sk
 from slimkit.core.errors import ConfigError, DataError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two spinning OpenMP threads make tiny
-    models ~100x slower (measured: 46 s vs 0.36 s for 160 MLP steps). Restored after the test."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-
 def _xy(n: int = 256, bs: int = 16, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 32, generator=gen)
