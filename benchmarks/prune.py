@@ -6,11 +6,15 @@ Run: ``.venv/bin/python benchmarks/prune.py`` → prints Markdown tables and wri
 * SmolLM2-135M held-out perplexity (Shakespeare test split; calibration on the train split) at 50 %
   unstructured and 2:4 for slimkit magnitude / wanda / sparsegpt, and ``torch.nn.utils.prune``
   global L1 magnitude as the peer. ``lm_head`` (tied to the embedding) is not pruned.
-* Structured: MobileNetV2 (channels) and MiniLM-L6 (MLP neurons) at 70 % and 50 % of the dense MACs;
-  latency ratio vs dense timed round-robin in the same run (``sk.measure.compare_latency``), quality
-  (top-1 agreement / embedding cosine with the dense model, held-out inputs) before and after a short
-  recovery distillation from the dense model through the shared training loop; Torch-Pruning's own
-  ``MetaPruner`` (magnitude importance) at the same per-group ratio as the peer.
+* Structured: MobileNetV2 (channels) and MiniLM-L6 (attention heads + MLP neurons, MLP neurons
+  alone, layer_width) at 70 % and 50 % of the dense MACs; latency ratio vs dense timed round-robin in
+  the same run (``sk.measure.compare_latency``), quality (top-1 agreement / embedding cosine with the
+  dense model, held-out inputs) before and after a short recovery distillation from the dense model
+  through the shared training loop; Torch-Pruning's own ``MetaPruner`` (magnitude importance; for
+  MiniLM with ``num_heads`` / ``prune_num_heads``) at the same ratios as the peer.
+
+Parts run alone: ``--parts llm``, ``--parts mobilenet-v2``, ``--parts minilm`` (``--out`` to write
+elsewhere than ``docs/benchmarks/prune.md``).
 """
 from __future__ import annotations
 
@@ -108,19 +112,106 @@ def tp_peer(model: nn.Module, example: Any, ratio: float, kind: str) -> nn.Modul
     return m
 
 
+def tp_bert_heads_peer(model: nn.Module, example: Any, head_ratio: float, neuron_ratio: float) -> nn.Module:
+    """Torch-Pruning's MetaPruner on HF BERT: whole heads (``num_heads`` / ``prune_num_heads``) and MLP neurons.
+
+    The residual stream and the pooler are ignored (as slimkit's head + neuron steps leave them);
+    group L2 magnitude importance; afterwards the attention modules' head counts are updated, as in
+    Torch-Pruning's own Hugging Face BERT example.
+    """
+    m = copy.deepcopy(model)
+    atts = [mod for mod in m.modules() if hasattr(mod, "attention_head_size") and hasattr(mod, "query")]
+    num_heads = {lin: a.num_attention_heads for a in atts for lin in (a.query, a.key, a.value)}
+    pruner = tp.pruner.MetaPruner(m, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=neuron_ratio, ignored_layers=[m.pooler.dense, m.embeddings.word_embeddings],
+                                  root_module_types=[nn.Linear], num_heads=num_heads, prune_num_heads=True,
+                                  prune_head_dims=False, head_pruning_ratio=head_ratio,
+                                  forward_fn=lambda mod, x: call_model(mod, x),
+                                  output_transform=lambda out: output_tensor(out))
+    pruner.step()
+    for a in atts:
+        a.num_attention_heads = pruner.num_heads[a.query]
+        a.all_head_size = a.query.out_features
+    return m
+
+
+def minilm_structured_section(lines: list[str], steps: int, rounds: int) -> None:
+    """MiniLM-L6 at 70 % / 50 % of the dense MACs: heads + neurons, neurons alone, layer_width, TP peer."""
+    model, tok = sk.zoo.load_model("minilm-l6")
+    calib = sk.zoo.load_data("shakespeare-lines", "train", tokenizer=tok, batch_size=16, seq_len=128, max_batches=8)
+    evalb = sk.zoo.load_data("shakespeare-lines", "test", tokenizer=tok, batch_size=32, seq_len=128, max_batches=4)
+    metric, example = sk.CosineFidelity(evalb), calib[0]
+    timing_inputs = evalb[0]  # 32 sentences x 128 tokens, as benchmarks/quantize_encoders.py
+    metric.prepare(model)
+    dense_macs = count_macs(model, example)
+    models: dict[str, nn.Module] = {"dense": model}
+    quality: dict[str, tuple[float | None, float | None]] = {"dense": (metric(model), None)}
+    macs: dict[str, float] = {"dense": 1.0}
+    secs: dict[str, str] = {"dense": "-"}
+
+    def add(label: str, pruned: nn.Module, seconds: float, comparable: bool = True) -> None:
+        macs[label] = count_macs(pruned, example) / dense_macs
+        secs[label] = f"{seconds:.0f}"
+        if comparable:  # same embedding width as the dense model: cosine and recovery distillation apply
+            before = metric(pruned)
+            recovered = distill_recover(copy.deepcopy(pruned), model, calib, steps, 1e-4)
+            quality[label], models[label] = (before, metric(recovered)), recovered
+        else:
+            quality[label], models[label] = (None, None), pruned
+        print(label, f"MACs {macs[label]:.3f}", f"{seconds:.0f}s", quality[label], flush=True)
+
+    for target in (0.7, 0.5):
+        head_sparsity = round(1 - target, 2)
+        t = time.perf_counter()  # heads first, then neurons to the overall target (each step's target is relative)
+        heads, _, hnotes = run("structured", model, {"method": "structured", "granularity": "head",
+                                                     "sparsity": head_sparsity, "importance": "activation"},
+                               example_inputs=example, calib=calib)
+        recipe = {"steps": [
+            {"prune": {"method": "structured", "granularity": "head", "sparsity": head_sparsity, "importance": "activation"}},
+            {"prune": {"method": "structured", "granularity": "neuron", "target_macs": round(target / hnotes["macs_kept"], 4),
+                       "importance": "activation", "round_to": 8}}]}
+        res = sk.compress(model, recipe, example_inputs=example, calib=calib, progress=False, measure=False)
+        nnotes = res.report.steps[1]["notes"]
+        add(f"slimkit heads {head_sparsity:.0%} + neurons, target_macs {target}", res.model, time.perf_counter() - t)
+        del heads
+        pruned, s, notes = run("structured", model, {"method": "structured", "granularity": "neuron",
+                                                     "target_macs": target, "round_to": 8}, example_inputs=example)
+        add(f"slimkit neurons only, target_macs {target}", pruned, s)
+        pruned, s, notes = run("structured", model, {"method": "structured", "granularity": "layer_width",
+                                                     "target_macs": target, "round_to": 8, "importance": "activation"},
+                               example_inputs=example, calib=calib)
+        add(f"slimkit layer_width {model.config.hidden_size} -> {pruned.config.hidden_size}, target_macs {target}",
+            pruned, s, comparable=False)
+        t = time.perf_counter()
+        peer = tp_bert_heads_peer(model, example, head_sparsity, nnotes["group_ratio"])
+        add(f"Torch-Pruning MetaPruner (peer): heads {head_sparsity:.0%}, neurons {nnotes['group_ratio']:.3f}",
+            peer, time.perf_counter() - t)
+    load = os.getloadavg()
+    lat = sk.measure.compare_latency(models, timing_inputs, runs=rounds)
+    base = lat["dense"]["latency_ms"]
+    lines += ["## minilm-l6: structured pruning (heads, neurons, layer_width), latency vs dense in the same run", "",
+              f"Latency: one batch of 32 sentences x 128 tokens, eager torch, {torch.get_num_threads()} threads, "
+              f"{rounds} rounds round-robin (`sk.measure.compare_latency`), load average before timing "
+              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}. Cosine: mean-pooled embeddings vs the dense model on "
+              f"{sum(len(b['input_ids']) for b in evalb)} held-out Shakespeare lines (test plays); calibration and "
+              f"recovery use {sum(len(b['input_ids']) for b in calib)} train-split lines.", "",
+              f"| model | MACs kept | prune s | latency ms (median) | x dense | embedding cosine after pruning | "
+              f"after {steps}-step recovery distillation |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k in models:
+        q0, q1 = quality[k]
+        lines.append(f"| {k} | {macs[k]:.3f} | {secs[k]} | {lat[k]['latency_ms']:.0f} | {lat[k]['latency_ms'] / base:.2f} | "
+                     f"{'n/a' if q0 is None else f'{q0:.4f}'} | {'-' if q1 is None else f'{q1:.4f}'} |")
+    lines.append("")
+    print("\n".join(lines[-len(models) - 6:]), flush=True)
+
+
 def structured_section(name: str, lines: list[str], steps: int) -> None:
-    if name == "mobilenet-v2":
-        model, _ = sk.zoo.load_model("mobilenet-v2")
-        calib = natural_image_batches(seed=0, batches=4, batch_size=8)
-        evalb = natural_image_batches(seed=1, batches=4, batch_size=16)
-        metric, example, gran, kind, lr = sk.Agreement(evalb), calib[0], "channel", "cnn", 1e-4
-        timing_inputs = calib[0][:4]
-    else:
-        model, tok = sk.zoo.load_model("minilm-l6")
-        calib = sk.zoo.load_data("shakespeare-lines", "train", tokenizer=tok, batch_size=16, seq_len=128, max_batches=8)
-        evalb = sk.zoo.load_data("shakespeare-lines", "test", tokenizer=tok, batch_size=32, seq_len=128, max_batches=4)
-        metric, example, gran, kind, lr = sk.CosineFidelity(evalb), calib[0], "neuron", "encoder", 1e-4
-        timing_inputs = evalb[0]
+    model, _ = sk.zoo.load_model("mobilenet-v2")
+    calib = natural_image_batches(seed=0, batches=4, batch_size=8)
+    evalb = natural_image_batches(seed=1, batches=4, batch_size=16)
+    metric, example, gran, kind, lr = sk.Agreement(evalb), calib[0], "channel", "cnn", 1e-4
+    timing_inputs = calib[0][:4]
     metric.prepare(model)
     dense_macs = count_macs(model, example)
     models: dict[str, nn.Module] = {"dense": model}
@@ -163,7 +254,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calib-batches", type=int, default=16)
     parser.add_argument("--recover-steps", type=int, default=30)
-    parser.add_argument("--parts", default="llm,mobilenet-v2,minilm-l6")
+    parser.add_argument("--parts", default="llm,mobilenet-v2,minilm", help="comma-separated: llm, mobilenet-v2, minilm")
+    parser.add_argument("--rounds", type=int, default=15, help="round-robin latency rounds (MiniLM part)")
     parser.add_argument("--out", default="docs/benchmarks/prune.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -174,9 +266,10 @@ def main() -> None:
              f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; torch {torch.__version__}, {args.threads} threads, "
              f"eager PyTorch; torch-pruning {tp.__version__}. Everything below comes from one run of "
              "`benchmarks/prune.py`.", ""]
-    parts = args.parts.split(",")
-    sections = [("llm", lambda: llm_section(args.calib_batches, lines))] + [
-        (name, lambda name=name: structured_section(name, lines, args.recover_steps)) for name in ("mobilenet-v2", "minilm-l6")]
+    parts = ["minilm" if p == "minilm-l6" else p for p in args.parts.split(",")]
+    sections = [("llm", lambda: llm_section(args.calib_batches, lines)),
+                ("mobilenet-v2", lambda: structured_section("mobilenet-v2", lines, args.recover_steps)),
+                ("minilm", lambda: minilm_structured_section(lines, args.recover_steps, args.rounds))]
     for name, section in sections:
         if name in parts:
             section()

@@ -154,6 +154,8 @@ def _base_reference(model: nn.Module) -> dict[str, Any]:
     if config is not None and hasattr(config, "to_json_string"):
         ref["hf_class"] = type(model).__name__
         ref["hf_config"] = json.loads(config.to_json_string(use_diff=False))
+        for edit in reversed(provenance.get_edits(model)):  # fields an edit changed: the base had the old value
+            ref["hf_config"].update(edit.get("hf_config_before", {}))
     if not ref:
         ref["class"] = f"{type(model).__module__}.{type(model).__qualname__}"
     return ref

@@ -9,7 +9,7 @@ import torch_pruning as tp
 from torch import nn
 
 from slimkit.core.context import RunContext
-from slimkit.core.errors import DataError, UnsupportedModelError
+from slimkit.core.errors import ConfigError, DataError, UnsupportedModelError
 from slimkit.core.inputs import call_model
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
@@ -19,10 +19,13 @@ from slimkit.prune.importance import OutputNormStats
 from slimkit.prune.structured import edits as _edits  # noqa: F401  (registers the replay op)
 from slimkit.prune.structured.config import StructuredPruneConfig
 from slimkit.prune.structured.core import build_graph, candidate_groups, prune_group, units_to_prune
+from slimkit.prune.structured.heads import (find_attentions, head_scores, heads_for_ratio, heads_from_map,
+                                            remove_heads, unsupported_attentions)
+from slimkit.prune.structured.width import apply_width, find_width_group, width_scores
 
 __all__ = ["prune_structured"]
 
-Scores = dict[str, torch.Tensor]
+Scores = Any  # channel/neuron: {root path: unit scores}; head: {attention path: (q, kv)}; width: (group, scores)
 
 
 def _example(ctx: RunContext) -> Any:
@@ -60,6 +63,10 @@ def _activation_scores(model: nn.Module, roots: list[str], calib: list[Any]) -> 
 
 def _group_scores(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunContext, example: Any) -> Scores:
     """Importance of every unit of every candidate group, keyed by the group root's path."""
+    if cfg.granularity == "head":
+        return _head_scores(model, cfg, ctx)
+    if cfg.granularity == "layer_width":
+        return _width_scores(model, cfg, ctx, example)
     names = {m: n for n, m in model.named_modules()}
     DG = build_graph(model, example)
     cands = candidate_groups(model, DG, cfg.granularity, _ignored(model, cfg))
@@ -77,6 +84,92 @@ def _group_scores(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunContext,
     return scores
 
 
+def _head_scores(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunContext) -> Scores:
+    """Per-head scores of every attention layer that ``ignore`` / ``targets`` leave prunable."""
+    atts = find_attentions(model)
+    for name in unsupported_attentions(model, atts):
+        ctx.skip(name, "attention layout not known to head pruning (known: q/k/v/o_proj + head_dim; BERT query/key/value)")
+    ignored = set(_ignored(model, cfg))
+    for path in list(atts):
+        a = atts[path]
+        if {a.q, a.k, a.v, a.o, a.owner, model.get_submodule(path)} & ignored:
+            ctx.skip(path, "excluded by ignore / targets")
+            del atts[path]
+    if cfg.heads is not None:
+        unknown = sorted(set(cfg.heads) - set(atts))
+        if unknown:
+            raise ConfigError(f"heads: {unknown} are not prunable attention layers; known: {sorted(atts)}")
+        atts = {p: a for p, a in atts.items() if p in cfg.heads}
+        for path, a in atts.items():
+            heads_from_map(a, list(cfg.heads[path]))  # bad input fails before anything is sliced
+    if not atts:
+        raise UnsupportedModelError(f"no prunable head group found in {type(model).__name__}")
+    if cfg.importance == "taylor":
+        _accumulate_grads(model, ctx.require("train", "prune"))
+    calib = ctx.require("calib", "prune") if cfg.importance == "activation" else None
+    scores = head_scores(model, atts, cfg.importance, calib)
+    model.zero_grad(set_to_none=True)
+    return scores
+
+
+def _width_scores(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunContext, example: Any) -> Scores:
+    """The residual-stream group and the importance of each hidden dimension."""
+    if cfg.ignore or cfg.targets is not None:
+        raise ConfigError("ignore / targets cannot be used with granularity layer_width: the residual stream is one "
+                          "group, every member must shrink together")
+    group = find_width_group(model, example)
+    if group.added:  # members the dependency graph missed (see slimkit.prune.structured.width); named if few
+        kinds: dict[str, int] = {}
+        for path in group.added:
+            kinds[type(model.get_submodule(path)).__name__] = kinds.get(type(model.get_submodule(path)).__name__, 0) + 1
+        ctx.note("width_members_added_by_rule", group.added if len(group.added) <= 4 else kinds)
+    if cfg.importance == "taylor":
+        _accumulate_grads(model, ctx.require("train", "prune"))
+    calib = ctx.require("calib", "prune") if cfg.importance == "activation" else None
+    scores = width_scores(model, group, cfg.importance, calib)
+    model.zero_grad(set_to_none=True)
+    return group, scores
+
+
+def _prune_heads(model: nn.Module, cfg: StructuredPruneConfig, ratio: float, scores: Scores, record: bool) -> int:
+    """Remove heads of every scored attention layer (explicit map or ``ratio``); returns heads removed."""
+    atts = find_attentions(model)
+    removed = 0
+    plan = {}
+    for path, sc in scores.items():
+        a = atts[path]
+        plan[path] = heads_from_map(a, list(cfg.heads[path])) if cfg.heads is not None else heads_for_ratio(a, sc, ratio, cfg.gqa)
+    for path, (q, kv) in plan.items():
+        if not q:
+            continue
+        remove_heads(atts[path], q, kv)
+        removed += len(q)
+        if record:
+            record_edit(model, {"op": "prune_heads", "attention": path, "query_heads": q, "kv_heads": kv})
+    return removed
+
+
+def _prune_width(model: nn.Module, cfg: StructuredPruneConfig, ratio: float, scores: Scores, example: Any,
+                 record: bool) -> int:
+    """Remove the least important hidden dimensions from the whole residual stream; returns how many."""
+    group, score = scores
+    idxs = units_to_prune(score, ratio, cfg.round_to)
+    if not idxs:
+        return 0
+    new = apply_width(model, group.dims, group.tied, idxs, group.hidden)
+    try:
+        with torch.no_grad():
+            call_model(model, example)
+    except RuntimeError as exc:
+        raise UnsupportedModelError(f"{type(model).__name__}: after shrinking the hidden size {group.hidden} -> {new} the "
+                                    f"forward fails; a module coupled to the residual stream was not found: {exc}") from None
+    if record:
+        record_edit(model, {"op": "prune_width", "dims": [list(d) for d in group.dims],
+                            "tied": [list(t) for t in group.tied], "removed": idxs,
+                            "hidden_size": [group.hidden, new], "hf_config_before": {"hidden_size": group.hidden}})
+    return len(idxs)
+
+
 def _accumulate_grads(model: nn.Module, batches: list[Any]) -> None:
     """``∂L/∂w`` summed over up to 8 training batches (Taylor importance reads ``.grad``)."""
     from slimkit.prune.gradual.api import gradual_loss
@@ -90,6 +183,10 @@ def _accumulate_grads(model: nn.Module, batches: list[Any]) -> None:
 def _prune_model(model: nn.Module, cfg: StructuredPruneConfig, ratio: float, scores: Scores,
                  example: Any, record: bool) -> int:
     """Prune every candidate group of ``model`` to ``ratio``; returns the units removed."""
+    if cfg.granularity == "head":
+        return _prune_heads(model, cfg, ratio, scores, record)
+    if cfg.granularity == "layer_width":
+        return _prune_width(model, cfg, ratio, scores, example, record)
     names = {m: n for n, m in model.named_modules()}
     DG = build_graph(model, example)
     cands = candidate_groups(model, DG, cfg.granularity, _ignored(model, cfg))
@@ -127,10 +224,20 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunConte
     model.eval()
     dense_macs = count_macs(model, example)
     scores = _group_scores(model, cfg, ctx, example)
-    ratio = cfg.sparsity if cfg.sparsity is not None else _ratio_for_macs(model, cfg, scores, example, dense_macs)
+    if cfg.target_macs is not None:
+        ratio = _ratio_for_macs(model, cfg, scores, example, dense_macs)
+    else:
+        ratio = cfg.sparsity if cfg.sparsity is not None else 0.0  # 0.0: explicit heads map
     removed = _prune_model(model, cfg, ratio, scores, example, record=True)
-    ctx.note("groups", len(scores))
+    ctx.note("groups", 1 if cfg.granularity == "layer_width" else len(scores))
+    if cfg.granularity == "head":
+        atts = find_attentions(model)
+        ctx.note("heads_kept", {p: atts[p].n_q for p in scores})
     ctx.note("group_ratio", round(ratio, 4))
     ctx.note("units_removed", removed)
-    ctx.note("macs_kept", round(count_macs(model, example) / dense_macs, 4))
+    kept = count_macs(model, example) / dense_macs
+    ctx.note("macs_kept", round(kept, 4))
+    if cfg.target_macs is not None and kept > cfg.target_macs + 0.01:
+        ctx.note("target_macs_missed", f"{cfg.granularity} pruning alone keeps {kept:.3f} of the MACs at most here, "
+                                       f"above target_macs {cfg.target_macs}")
     return model
