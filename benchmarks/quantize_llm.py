@@ -24,26 +24,30 @@ from slimkit.quantize.weight_only.apply import peak_rss_mb, reset_peak_rss
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "quantize_llm.md"
 
+#: label -> (step, calibration batches to use: None = all of them)
 RECIPES = {
-    "rtn int8 (per channel, sym)": {"method": "rtn", "bits": 8, "group_size": None, "symmetric": True},
-    "rtn int4 g64": {"method": "rtn", "bits": 4, "group_size": 64},
-    "gptq int4 g64": {"method": "gptq", "bits": 4, "group_size": 64},
-    "awq int4 g64": {"method": "awq", "bits": 4, "group_size": 64},
-    "gptq int4 g64 + lm_head/emb int8": {"method": "gptq", "bits": 4, "group_size": 64, "lm_head": True,
-                                         "embeddings": True, "head_bits": 8},
-    "mixed {3,4,8} bits g64, target 36% of fp32": {"method": "mixed", "group_size": 64, "bits_choices": [3, 4, 8],
-                                                   "target_ratio": 0.36},
+    "rtn int8 (per channel, sym)": ({"method": "rtn", "bits": 8, "group_size": None, "symmetric": True}, None),
+    "rtn int4 g64": ({"method": "rtn", "bits": 4, "group_size": 64}, None),
+    "rtn int4 g64, clip_search 10": ({"method": "rtn", "bits": 4, "group_size": 64, "clip_search": 10}, None),
+    "gptq int4 g64": ({"method": "gptq", "bits": 4, "group_size": 64}, None),
+    "gptq int4 g64, only 8 calibration chunks": ({"method": "gptq", "bits": 4, "group_size": 64}, 8),
+    "awq int4 g64": ({"method": "awq", "bits": 4, "group_size": 64}, None),
+    "gptq int4 g64 + lm_head/emb int8": ({"method": "gptq", "bits": 4, "group_size": 64, "lm_head": True,
+                                          "embeddings": True, "head_bits": 8}, None),
+    "mixed {3,4,8} bits g64, target 36% of fp32": ({"method": "mixed", "group_size": 64, "bits_choices": [3, 4, 8],
+                                                    "target_ratio": 0.36}, None),
 }
 
 
 def run_slimkit(model, calib, ppl, fp32_bytes):
     rows = []
-    for label, step in RECIPES.items():
+    for label, (step, n_calib) in RECIPES.items():
         if step["method"] not in sk_methods():
             rows.append((label, "not available", "", "", "", "", ""))
             continue
         t = time.perf_counter()
-        res = sk.compress(model, {"steps": [{"quantize": step}]}, calib=calib, progress=False, measure=False)
+        res = sk.compress(model, {"steps": [{"quantize": step}]}, calib=calib[:n_calib], progress=False,
+                          measure=False)
         seconds = time.perf_counter() - t
         notes = res.report.steps[0]["notes"]
         nbytes = checkpoint_bytes(res.model)
@@ -115,7 +119,8 @@ def run_inc(model, calib, ppl, algo):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="fewer calibration batches")
+    ap.add_argument("--quick", action="store_true", help="4 calibration chunks instead of --calib-batches")
+    ap.add_argument("--calib-batches", type=int, default=32, help="calibration chunks of 256 train tokens")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: on the shared, oversubscribed 2-core machine 2 spinning threads are slower)")
@@ -123,7 +128,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = sk.zoo.load_model("smollm2-135m")
-    calib = sk.zoo.load_data("shakespeare", "train", tokenizer=tok, seq_len=256, max_batches=4 if args.quick else 8)
+    calib = sk.zoo.load_data("shakespeare", "train", tokenizer=tok, seq_len=256, max_batches=4 if args.quick else args.calib_batches)
     test = sk.zoo.load_data("shakespeare", "test", tokenizer=tok, seq_len=256, max_batches=8)
     ppl = sk.Perplexity(test)
     reset_peak_rss()

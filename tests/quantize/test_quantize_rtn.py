@@ -36,6 +36,13 @@ def test_rtn_sqnr_on_mlp(bits: int, group, min_db: float) -> None:
     assert sqnr_db(model(x), out(x)) >= min_db
 
 
+def test_rtn_clip_search_raises_weight_sqnr() -> None:
+    model = mlp()
+    plain, searched = (rtn(model, bits=4, group_size=64, clip_search=c).model for c in (0, 10))
+    w = model[2].weight
+    assert sqnr_db(w, searched[2].dequantize()) > sqnr_db(w, plain[2].dequantize()) + 0.1  # uniform init: clipping gains little
+
+
 def test_layers_packed_two_codes_per_byte() -> None:
     res = rtn(mlp(), bits=4, group_size=64)
     layer = res.model[2]

@@ -37,7 +37,7 @@ def quantize_awq(model: nn.Module, cfg: AWQConfig, ctx: RunContext) -> nn.Module
             st = stats.pop(name)
             st.keep = cfg.n_tokens
             inv, codes, alpha = awq_search(linear.weight, st.sample(), st.mean_abs(), cfg.bits, cfg.group_size,
-                                           cfg.symmetric, cfg.grid)
+                                           cfg.symmetric, cfg.grid, cfg.clip_search)
             with torch.no_grad():
                 layer = WeightOnlyLinear.from_weight(linear.weight, linear.bias, cfg.bits, cfg.group_size,
                                                      cfg.symmetric, cfg.runtime, input_scale=inv, codes=codes)

@@ -13,7 +13,8 @@ __all__ = ["AWQConfig"]
 class AWQConfig(WeightOnlyConfig):
     """AWQ: per-input-channel scales ``mean|x|^α`` searched (``grid`` + 1 values of α in [0, 1]) on
     calibration activations, block by block, then group-wise quantization of the scaled weight.
-    ``n_tokens`` calibration rows per layer are used for the search.
+    ``n_tokens`` calibration rows per layer are used for the search; ``clip_search`` then re-fits
+    the group ranges (as AWQ's clipping step does).
 
     ```yaml
     - quantize: {method: awq, bits: 4, group_size: 64, grid: 20, n_tokens: 1024}

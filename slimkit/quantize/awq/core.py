@@ -44,10 +44,14 @@ class ActivationStats:
 
 
 def awq_search(weight: torch.Tensor, x: torch.Tensor, mean_abs: torch.Tensor, bits: int, group_size: int | None,
-               symmetric: bool, grid: int = 20) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor], float]:
+               symmetric: bool, grid: int = 20,
+               clip_search: int = 0) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor], float]:
     """Best per-channel scale for ``weight`` [N, K] on rows ``x`` [T, K].
 
-    Returns (input_scale = 1/s [K], (codes, scale, zero) of ``W · diag(s)``, chosen α).
+    Returns (input_scale = 1/s [K], (codes, scale, zero) of ``W · diag(s)``, chosen α). With
+    ``clip_search`` > 0 the groups of the chosen scaled weight are then re-fitted by the range
+    search, each column weighted by ``E[x_j²] / s_j²`` (its rounding error reaches the output
+    divided by ``s_j`` and multiplied by ``x_j``); kept only if the output error drops.
     """
     w = weight.detach().float()
     ref = x @ w.t()  # [T, N]
@@ -62,5 +66,10 @@ def awq_search(weight: torch.Tensor, x: torch.Tensor, mean_abs: torch.Tensor, bi
         err = float((x @ w_hat.t() - ref).pow(2).mean())
         if best is None or err < best[0]:
             best = (err, s, q, alpha)
-    _, s, q, alpha = best
+    err, s, q, alpha = best
+    if clip_search > 0:
+        col_weight = x.pow(2).mean(0) / s.pow(2)
+        q2 = quantize_groups(w * s, bits, group_size, symmetric, clip_search=clip_search, col_weight=col_weight)
+        if float((x @ (dequantize_groups(*q2, group_size) / s).t() - ref).pow(2).mean()) < err:
+            q = q2
     return 1.0 / s, q, alpha

@@ -33,7 +33,7 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, ctx: RunContext) -> nn.Modu
             replay()
         for name, linear in local.items():
             codes = gptq_quantize(linear.weight, hess[name].hessian(), cfg.bits, cfg.group_size, cfg.symmetric,
-                                  cfg.damp, cfg.act_order, cfg.block_size)
+                                  cfg.damp, cfg.act_order, cfg.block_size, cfg.clip_search)
             with torch.no_grad():
                 layer = WeightOnlyLinear.from_weight(linear.weight, linear.bias, cfg.bits, cfg.group_size,
                                                      cfg.symmetric, cfg.runtime, codes=codes)

@@ -17,7 +17,7 @@ def quantize_rtn(model: nn.Module, cfg: RTNConfig, ctx: RunContext) -> nn.Module
     """Round every selected Linear's weight to ``bits`` per group; head/embeddings by explicit choice."""
     layers = select_linears(model, cfg, ctx, "quantize")
     for name, linear in ctx.progress(layers, "rtn"):
-        install(model, name, rtn_linear(linear, cfg.bits, cfg.group_size, cfg.symmetric, cfg.runtime))
+        install(model, name, rtn_linear(linear, cfg.bits, cfg.group_size, cfg.symmetric, cfg.runtime, cfg.clip_search))
     quantize_heads(model, cfg, ctx)
     finish_notes(model, ctx, len(layers))
     return model

@@ -19,6 +19,9 @@ class WeightOnlyConfig(StepConfig):
     (an untied ``head_bits`` copy of the head, round-to-nearest) or ``embeddings: true`` (the
     embedding table stored at ``head_bits``, dequantized row by row on lookup). ``runtime``:
     ``auto`` | ``kernel`` | ``dequant`` (see :mod:`slimkit.quantize.weight_only.layer`).
+    ``clip_search``: 0 fits each group to its min/max; ``n`` > 0 also tries ``n`` shrunk ranges
+    (down to half) and keeps the one with the least rounding error, weighted by each input's
+    calibration energy where the method has it (GPTQ, AWQ).
     """
 
     method: str = ""
@@ -31,6 +34,7 @@ class WeightOnlyConfig(StepConfig):
     embeddings: bool = False
     head_bits: int = 8
     runtime: str = "auto"
+    clip_search: int = 0
 
     def validate(self) -> None:
         check_int("bits", self.bits, 2, 8)
@@ -44,3 +48,4 @@ class WeightOnlyConfig(StepConfig):
         check_bool("embeddings", self.embeddings)
         check_int("head_bits", self.head_bits, 2, 8)
         check_choice("runtime", self.runtime, RUNTIMES)
+        check_int("clip_search", self.clip_search, 0, 100)

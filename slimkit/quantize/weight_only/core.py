@@ -28,17 +28,48 @@ def n_groups(in_features: int, group_size: int | None) -> int:
     return 1 if group_size is None else math.ceil(in_features / group_size)
 
 
-def group_params(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point of each row of ``w`` [N, cols] -> (scale [N] float32, zero [N] float32)."""
+def group_params(w: torch.Tensor, bits: int, symmetric: bool, *, clip_search: int = 0,
+                 col_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each row of ``w`` [N, cols] -> (scale [N] float32, zero [N] float32).
+
+    ``clip_search=0``: the min/max range. ``clip_search=n``: also try the range shrunk by
+    ``1 - 0.5 i / n`` (i = 1..n) and keep, per row, the one with the smallest squared rounding
+    error, weighted per column by ``col_weight`` [cols] when given (GPTQ passes the Hessian
+    diagonal, i.e. each input's energy). Clipping a few outliers buys finer steps for the rest.
+    """
+    if clip_search <= 0:
+        return _minmax_params(w, bits, symmetric, 1.0)
+    w = w.float()
+    cw = torch.ones(w.shape[1]) if col_weight is None else col_weight.float().reshape(-1)
+    best_s, best_z = _minmax_params(w, bits, symmetric, 1.0)
+    best_err = _rounding_error(w, best_s, best_z, bits, cw)
+    for i in range(1, clip_search + 1):
+        s, z = _minmax_params(w, bits, symmetric, 1.0 - 0.5 * i / clip_search)
+        err = _rounding_error(w, s, z, bits, cw)
+        better = err < best_err
+        best_s, best_z, best_err = (torch.where(better, s, best_s), torch.where(better, z, best_z),
+                                    torch.minimum(err, best_err))
+    return best_s, best_z
+
+
+def _rounding_error(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                    col_weight: torch.Tensor) -> torch.Tensor:
+    """Per-row ``Σ_j c_j (w - q(w))_j²`` for per-row scale/zero -> [N]."""
+    deq = (quantize_codes(w, scale, zero, bits).float() - zero.reshape(-1, 1)) * scale.reshape(-1, 1)
+    return ((w - deq).pow(2) * col_weight.reshape(1, -1)).sum(dim=1)
+
+
+def _minmax_params(w: torch.Tensor, bits: int, symmetric: bool, shrink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale/zero from each row's min/max range multiplied by ``shrink`` (1.0: the full range)."""
     maxq = 2 ** bits - 1
     w = w.float()
     if symmetric:
-        amax = w.abs().amax(dim=1)
+        amax = w.abs().amax(dim=1) * shrink
         scale = amax / (maxq / 2)
         zero = torch.full_like(scale, float(2 ** (bits - 1)))
     else:
-        lo = w.amin(dim=1).clamp(max=0.0)  # keep 0 representable
-        hi = w.amax(dim=1).clamp(min=0.0)
+        lo = w.amin(dim=1).clamp(max=0.0) * shrink  # keep 0 representable
+        hi = w.amax(dim=1).clamp(min=0.0) * shrink
         scale = (hi - lo) / maxq
         zero = None
     scale = scale.clamp_min(1e-8).to(torch.float16).float()  # stored as fp16: fit codes to it
@@ -62,15 +93,20 @@ def expand_groups(per_group: torch.Tensor, group_size: int | None, in_features: 
     return per_group.repeat_interleave(group_size, dim=1)[:, :in_features]
 
 
-def quantize_groups(w: torch.Tensor, bits: int, group_size: int | None,
-                    symmetric: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest group quantization of ``w`` [N, K] -> (codes uint8 [N, K], scale [N, G], zero [N, G])."""
+def quantize_groups(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool, *,
+                    clip_search: int = 0,
+                    col_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest group quantization of ``w`` [N, K] -> (codes uint8 [N, K], scale [N, G], zero [N, G]).
+
+    ``clip_search`` / ``col_weight`` [K]: the per-group range search of :func:`group_params`.
+    """
     n, k = w.shape
     step = k if group_size is None else group_size
     scales, zeros, codes = [], [], []
     for start in range(0, k, step):
         chunk = w[:, start:start + step]
-        s, z = group_params(chunk, bits, symmetric)
+        cw = None if col_weight is None else col_weight[start:start + step]
+        s, z = group_params(chunk, bits, symmetric, clip_search=clip_search, col_weight=cw)
         codes.append(quantize_codes(chunk, s, z, bits))
         scales.append(s)
         zeros.append(z)
