@@ -1,6 +1,11 @@
 """torch.distributed plumbing for the training loop: process group from the torchrun environment,
 rank-aware helpers, sharding a global batch across ranks, and wrapping a model in DDP / FSDP.
 
+FSDP (``strategy: fsdp``): the loop trains a *copy* of the model sharded with FSDP2
+``fully_shard`` (each rank keeps 1/N of the parameters, gradients and optimizer state) and
+gathers the trained weights back into the user's plain module at the end
+(:func:`sharded_copy`, :func:`gather_sharded`), so the result is an ordinary ``nn.Module``.
+
 Data-parallel semantics: every rank sees the same list of *global* batches; each batch is split
 along its first dimension into ``world_size`` shards and rank ``r`` trains on shard ``r``. DDP
 averages the gradients, so with equal shards and mean-reduced losses one step equals the
@@ -8,6 +13,7 @@ single-process step on the whole batch.
 """
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +36,8 @@ __all__ = [
     "unwrap_model",
     "all_reduce_mean",
     "local_device",
+    "sharded_copy",
+    "gather_sharded",
 ]
 
 
@@ -117,21 +125,56 @@ def shard_batch(batch: Any, index: int, parts: int) -> Any:
 
 
 def wrap_model(model: nn.Module, strategy: str = "ddp") -> nn.Module:
-    """``model`` wrapped for data-parallel training: DistributedDataParallel, or FSDP2 ``fully_shard``.
+    """``model`` wrapped for data-parallel training: DistributedDataParallel (sharing ``model``'s
+    parameters), or for ``fsdp`` a sharded *copy* (:func:`sharded_copy`; its parameters are new
+    DTensors: optimise those, then :func:`gather_sharded` the result back into ``model``).
 
     Without a process group the model is returned as is.
     """
     if not is_distributed():
         return model
     if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        return fully_shard(model)  # shards parameters in place; the module itself is returned
+        return sharded_copy(model)
     from torch.nn.parallel import DistributedDataParallel
 
     device = local_device()
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
+
+
+#: attributes every ``nn.Module`` has (parameter / buffer / submodule registries, hooks, ``training``)
+_MODULE_SLOTS = frozenset(vars(nn.Module()))
+
+
+def sharded_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` sharded in place with FSDP2 ``fully_shard`` (``model`` stays untouched).
+
+    Only the parameter / buffer / submodule tree is copied; everything else a module holds as a
+    plain attribute (a distillation teacher, hook state, a Hugging Face config) is shared with the
+    original, so a teacher is never duplicated and hooks keep writing where their owner reads.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    memo = {id(v): v for m in model.modules() for k, v in vars(m).items() if k not in _MODULE_SLOTS}
+    work = copy.deepcopy(model, memo)
+    return fully_shard(work)
+
+
+def gather_sharded(work: nn.Module, model: nn.Module) -> None:
+    """Copy the full parameters of the FSDP-sharded ``work`` into the plain ``model`` (all ranks take
+    part: gathering is a collective); buffers (e.g. BatchNorm statistics) are taken from rank 0."""
+    from torch.distributed.tensor import DTensor
+
+    src = dict(work.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            w = src[name]
+            p.copy_(w.full_tensor() if isinstance(w, DTensor) else w)
+        bufs = dict(work.named_buffers())
+        for name, b in model.named_buffers():
+            b.copy_(bufs[name])
+            if is_distributed():
+                dist.broadcast(b, 0)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -4,7 +4,9 @@
 accumulation and clipping, a warm-up + schedule, early stopping on a validation metric, periodic
 resumable checkpoints, and data parallelism when launched by ``torchrun`` (DDP, or FSDP2 with
 ``strategy: fsdp``): each global batch is split across ranks, so the result matches the single
-process run on the same batches (see :mod:`slimkit.parallel.dist`).
+process run on the same batches (see :mod:`slimkit.parallel.dist`). Under FSDP the loop trains
+a sharded copy and gathers the weights back into ``model`` at the end; early stopping,
+checkpoints and callbacks need the live model and are refused with ``strategy: fsdp``.
 """
 from __future__ import annotations
 
@@ -126,15 +128,24 @@ def train(
         raise DataError("eval_every needs a validation metric: pass eval= to compress (or validate= to train)")
     total = total_steps(opts, len(data))
     torch.manual_seed(opts.seed)
+    fsdp = opts.strategy == "fsdp" and pdist.is_distributed()
+    if fsdp:
+        _check_fsdp(model, trainable, callbacks)
+        wrapped = pdist.wrap_model(model, "fsdp")  # a sharded copy: train its (DTensor) parameters
+        names = {id(p): n for n, p in model.named_parameters()}
+        sharded = dict(wrapped.named_parameters())
+        trainable = [sharded[names[id(p)]] for p in trainable]
     optimizer = build_optimizer(trainable, opts)
     scheduler = build_scheduler(optimizer, opts, total)
     state: dict[str, Any] = {"step": 0, "micro": 0, "history": [], "evals": [], "best_metric": None,
                              "bad_evals": 0, "fingerprint": run_fingerprint(model, total, len(data))}
     resumed = _resume(opts, model, optimizer, scheduler, trainable, state)
-    wrapped = pdist.wrap_model(model, opts.strategy)
+    if not fsdp:
+        wrapped = pdist.wrap_model(model, opts.strategy)
     stopper = _EarlyStop(validate, opts, state)
     _hook(callbacks, "on_train_start", model)
     model.train()
+    wrapped.train()
     stopped = False
     try:
         steps = range(state["step"], total)
@@ -153,6 +164,8 @@ def train(
                 break
     finally:
         model.eval()
+    if fsdp:
+        pdist.gather_sharded(wrapped, model)
     stopper.restore(model)
     _hook(callbacks, "on_train_end", model)
     return {"steps": state["step"], "final_loss": state["history"][-1]["loss"] if state["history"] else None,
@@ -173,6 +186,8 @@ def _one_step(wrapped: nn.Module, data: list[Any], order: _Order, loss_fn: LossF
         batch = move_inputs(pdist.shard_batch(batch, rank, world), device)
         last = k == opts.grad_accum - 1
         sync = contextlib.nullcontext() if last or not hasattr(wrapped, "no_sync") else wrapped.no_sync()
+        if hasattr(wrapped, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-batch only
+            wrapped.set_requires_gradient_sync(last)
         with sync:
             loss = loss_fn(wrapped, batch)
             _check_loss(loss, state["step"] + 1)
@@ -185,6 +200,17 @@ def _one_step(wrapped: nn.Module, data: list[Any], order: _Order, loss_fn: LossF
     scheduler.step()
     state["step"] += 1
     return float(pdist.all_reduce_mean(total / opts.grad_accum))
+
+
+def _check_fsdp(model: nn.Module, trainable: list[nn.Parameter], callbacks: Sequence[Any]) -> None:
+    """FSDP trains a sharded copy, so everything must live in the model and nothing may watch it mid-run."""
+    owned = {id(p) for p in model.parameters()}
+    if any(id(p) not in owned for p in trainable):
+        raise ConfigError("strategy = 'fsdp' needs every trained parameter inside the model (params= outside "
+                          "it cannot be sharded); valid: strategy: ddp")
+    if callbacks:
+        raise ConfigError("strategy = 'fsdp' does not support training callbacks (e.g. gradual pruning masks); "
+                          "valid: strategy: ddp")
 
 
 def _check_loss(loss: Any, step: int) -> None:

@@ -5,6 +5,9 @@ gradual pruning) embeds in its own config, so recipes spell them the same way ev
 - finetune: {method: supervised, steps: 200, lr: 1.0e-4, optimizer: adamw, scheduler: cosine,
              warmup_steps: 20, grad_accum: 2, clip_norm: 1.0, eval_every: 50, patience: 3,
              checkpoint_dir: runs/ft, checkpoint_every: 50}
+# under torchrun, shard parameters / gradients / optimizer state across ranks (FSDP2) instead of DDP;
+# eval_every and checkpoint_dir are refused with fsdp (the sharded model is gathered only at the end)
+- distill: {method: logit, steps: 300, lr: 1.0e-4, strategy: fsdp}
 ```
 """
 from __future__ import annotations
@@ -90,6 +93,12 @@ class TrainOptions(StepConfig):
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
             raise ConfigError(f"checkpoint_dir must be a path string, got {self.checkpoint_dir!r}")
         check_choice("strategy", self.strategy, STRATEGIES)
+        if self.strategy == "fsdp":
+            for name in ("eval_every", "checkpoint_dir"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(f"{name} = {getattr(self, name)!r} is not supported with strategy: fsdp "
+                                      f"(the sharded model is gathered only at the end of training); "
+                                      f"valid: leave {name} unset, or use strategy: ddp")
 
     def train_options(self) -> "TrainOptions":
         """The plain :class:`TrainOptions` part of a step config that embeds these fields."""
