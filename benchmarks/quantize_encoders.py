@@ -1,7 +1,8 @@
 """MiniLM-L6 embeddings and MobileNetV2 under slimkit's int8 / half methods and peer toolkits.
 
-Run: ``.venv/bin/python benchmarks/quantize_encoders.py`` → prints Markdown tables and writes
-``docs/benchmarks/quantize_encoders.md``. All variants of a table are timed round-robin in one
+Run: ``.venv/bin/python benchmarks/quantize_encoders.py [--parts minilm mobilenet]`` → prints
+Markdown tables and writes ``docs/benchmarks/quantize_encoders.md`` (a part not run keeps its
+section of the existing doc, so each part can be re-timed alone). All variants of a table are timed round-robin in one
 process (``sk.measure.compare_latency``) with a fixed thread count and the same inputs, so machine
 noise hits them alike; speed-ups are to the torch fp32 median of the same run. Cosine is computed
 on held-out Shakespeare lines never used for calibration; MobileNetV2 agreement on held-out
@@ -79,6 +80,7 @@ def slimkit_variants(model: nn.Module, calib: list[Any]) -> dict[str, nn.Module]
         "slimkit dynamic_int8 (per-token)": {"method": "dynamic_int8"},
         "slimkit static_int8 (minmax)": {"method": "static_int8", "observer": "minmax"},
         "slimkit static_int8 (percentile 99.99)": {"method": "static_int8", "observer": "percentile"},
+        "slimkit static_int8 (minmax, auto_keep_dynamic 8)": {"method": "static_int8", "auto_keep_dynamic": 8},
         "slimkit smoothquant α=0.5 (static)": {"method": "smoothquant", "alpha": 0.5},
         "slimkit smoothquant α=0.5 (per-token)": {"method": "smoothquant", "alpha": 0.5, "activations": "per_token"},
     }
@@ -102,14 +104,17 @@ def peer_variants(model: nn.Module) -> dict[str, nn.Module]:
             copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
         try:
             from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
-
-            for label, config in (("torchao Int8DynamicActivationInt8Weight (peer)", Int8DynamicActivationInt8WeightConfig()),
-                                  ("torchao Int8WeightOnly (peer)", Int8WeightOnlyConfig())):
+        except ImportError:
+            print("torchao: not installed (pip install torchao to add its int8 configs)", file=sys.stderr)
+            return out
+        for label, config in (("torchao Int8DynamicActivationInt8Weight (peer)", Int8DynamicActivationInt8WeightConfig()),
+                              ("torchao Int8WeightOnly (peer)", Int8WeightOnlyConfig())):
+            try:
                 m = copy.deepcopy(model)
                 quantize_(m, config)
                 out[label] = m
-        except Exception as exc:  # noqa: BLE001
-            print(f"torchao unavailable: {exc!r}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - a failing peer is reported, not fatal
+                print(f"{label}: failed: {exc!r}", file=sys.stderr)
     return out
 
 
@@ -142,28 +147,81 @@ def minilm_table(rounds: int, threads: int, cos_batches: int) -> list[str]:
     return lines
 
 
-def mobilenet_table(rounds: int, threads: int) -> list[str]:
+def _ao_fx_default(model: nn.Module, calib: list[torch.Tensor]) -> nn.Module:
+    """torch.ao FX graph mode with its stock x86 qconfig (histogram activations, reduce_range)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepared = prepare_fx(copy.deepcopy(model).eval(), get_default_qconfig_mapping("x86"), (calib[0][:1],))
+        with torch.no_grad():
+            for b in calib:
+                prepared(b)
+        return convert_fx(prepared)
+
+
+MOBILENET_RECIPES = {
+    "slimkit static_int8 per layer (graph: off)": {"method": "static_int8", "graph": "off"},
+    "slimkit static_int8 graph (minmax)": {"method": "static_int8"},
+    "slimkit static_int8 graph (percentile 99.99)": {"method": "static_int8", "observer": "percentile"},
+    "slimkit static_int8 graph (minmax, features.0-1 float)": {"method": "static_int8",
+                                                               "ignore": ["features.0", "features.1"]},
+}
+
+
+def mobilenet_table(rounds: int, threads: int, calib_batches: int) -> list[str]:
     model, _ = sk.zoo.load_model("mobilenet-v2")
     model.eval()
-    calib = natural_image_batches(seed=0, batches=4, batch_size=16)
+    calib = natural_image_batches(seed=0, batches=calib_batches, batch_size=16)
     held_out = natural_image_batches(seed=1, batches=4, batch_size=16)
     agree = sk.Agreement(held_out)
     agree.prepare(model)
-    models = {"torch fp32": model}
-    for label, step in (("slimkit static_int8 (minmax)", {"method": "static_int8"}),
-                        ("slimkit static_int8 (percentile 99.99)", {"method": "static_int8", "observer": "percentile"})):
+    x_all = torch.cat(held_out)
+    with torch.no_grad():
+        ref = model(x_all)
+    models: dict[str, nn.Module] = {"torch fp32": model}
+    calib_s: dict[str, float] = {}
+    for label, step in MOBILENET_RECIPES.items():
+        start = time.time()
         models[label] = sk.compress(model, {"steps": [{"quantize": step}]}, calib=calib, measure=False,
                                     progress=False).model
-    times = sk.measure.compare_latency(models, held_out[0], runs=max(3, rounds // 2), threads=threads)
-    base = times["torch fp32"]["latency_ms"]
-    lines = ["| variant | runtime | median ms | p90 ms | speed-up vs fp32 | top-1 agreement | checkpoint MiB |",
-             "|---|---|---|---|---|---|---|"]
+        calib_s[label] = time.time() - start
+    try:
+        start = time.time()
+        models["torch.ao FX default x86 qconfig (peer)"] = _ao_fx_default(model, calib)
+        calib_s["torch.ao FX default x86 qconfig (peer)"] = time.time() - start
+    except Exception as exc:  # noqa: BLE001
+        print(f"torch.ao FX: failed: {exc!r}", file=sys.stderr)
+    one = held_out[0][:1]
+    times1 = sk.measure.compare_latency(models, one, runs=rounds, threads=threads)
+    times16 = sk.measure.compare_latency(models, held_out[0], runs=max(3, rounds // 2), threads=threads)
+    b1, b16 = times1["torch fp32"]["latency_ms"], times16["torch fp32"]["latency_ms"]
+    lines = ["| variant | batch 1 median ms | speed-up b1 | batch 16 median ms | speed-up b16 | top-1 agreement | "
+             "logit SQNR dB | GMACs (b1) | checkpoint MiB | quantize s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for k, m in models.items():
-        t = times[k]
-        size = sk.measure(m, None, latency=False)["bytes"] / 2**20
-        lines.append(f"| {k} | {t['runtime']} | {t['latency_ms']:.1f} | {t['latency_p90_ms']:.1f} | "
-                     f"{base / t['latency_ms']:.2f}× | {agree(m):.4f} | {size:.1f} |")
+        with torch.no_grad():
+            out = m(x_all)
+        sqnr = float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum())) if k != "torch fp32" else float("inf")
+        size = f"{sk.measure(m, None, latency=False)['bytes'] / 2**20:.1f}" if not k.startswith("torch.ao") else "n/a"
+        macs = sk.measure.count_macs(m, one) / 1e9
+        lines.append(f"| {k} | {times1[k]['latency_ms']:.1f} | {b1 / times1[k]['latency_ms']:.2f}× | "
+                     f"{times16[k]['latency_ms']:.1f} | {b16 / times16[k]['latency_ms']:.2f}× | {agree(m):.4f} | "
+                     f"{sqnr:.1f} | {macs:.3f} | {size} | {calib_s.get(k, 0.0):.0f} |")
+    runtimes = {k: times1[k]["runtime"] for k in models}
+    lines += ["", "Runtimes: " + "; ".join(f"{k}: {v}" for k, v in runtimes.items())]
     return lines
+
+
+def _keep_section(path: Path, part: str) -> list[str]:
+    """The section of a part not re-run this time, from the existing doc (so parts run alone)."""
+    if not path.is_file():
+        return [f"(part {part} not run yet)"]
+    text = path.read_text(encoding="utf-8")
+    start, end = f"<!-- part:{part} -->", f"<!-- /part:{part} -->"
+    if start not in text or end not in text:
+        return [f"(part {part} not run yet)"]
+    return text[text.index(start) + len(start):text.index(end)].strip("\n").splitlines()
 
 
 def main() -> None:
@@ -171,30 +229,47 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cos-batches", type=int, default=4, help="held-out batches of 32 lines for cosine")
-    parser.add_argument("--skip-mobilenet", action="store_true")
+    parser.add_argument("--calib-batches", type=int, default=4, help="MobileNetV2 calibration batches of 16 crops")
+    parser.add_argument("--parts", nargs="+", choices=["minilm", "mobilenet"], default=["minilm", "mobilenet"])
+    parser.add_argument("--skip-mobilenet", action="store_true", help="same as --parts minilm")
     parser.add_argument("--out", default="docs/benchmarks/quantize_encoders.md")
     args = parser.parse_args()
+    parts = ["minilm"] if args.skip_mobilenet else args.parts
+    out = Path(args.out)
     torch.set_num_threads(args.threads)
     start, load0 = time.time(), os.getloadavg()
-    minilm = minilm_table(args.rounds, args.threads, args.cos_batches)
-    print("\n".join(minilm), flush=True)
-    mobilenet = ["(not run: --skip-mobilenet)"] if args.skip_mobilenet else mobilenet_table(args.rounds, args.threads)
+    sections: dict[str, list[str]] = {}
+    if "minilm" in parts:
+        minilm = minilm_table(args.rounds, args.threads, args.cos_batches)
+        print("\n".join(minilm), flush=True)
+        sections["minilm"] = [
+            f"Cosine: mean-pooled embeddings vs torch fp32, {32 * args.cos_batches} held-out Shakespeare lines "
+            "(calibration: 128 lines of the train split).", "", *minilm]
+    if "mobilenet" in parts:
+        sections["mobilenet"] = [
+            f"Top-1 agreement with fp32 on 64 held-out natural-image crops (seed 1; calibration: "
+            f"{16 * args.calib_batches} crops, seed 0); logit SQNR over the same 64 crops; "
+            f"{args.rounds} (batch 1) and {max(3, args.rounds // 2)} (batch 16) round-robin rounds.", "",
+            *mobilenet_table(args.rounds, args.threads, args.calib_batches)]
+        print("\n".join(sections["mobilenet"]), flush=True)
     load1 = os.getloadavg()
-    text = "\n".join([
-        f"Machine: {os.cpu_count()} CPU cores shared with other jobs; load average (1/5/15 min) "
-        f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at start, {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} at end; "
-        f"{args.threads} threads; {args.rounds} (MiniLM) and {max(3, args.rounds // 2)} (MobileNetV2) round-robin rounds after 3 warm-up passes; "
-        f"torch {torch.__version__}; {time.time() - start:.0f} s in all.", "",
-        "## MiniLM-L6 embeddings, 32 sentences × 128 tokens", "",
-        f"Cosine: mean-pooled embeddings vs torch fp32, {32 * args.cos_batches} held-out Shakespeare lines "
-        "(calibration: 128 lines of the train split).", "", *minilm, "",
-        "## MobileNetV2, static int8, batch 16 × 224 × 224", "",
-        "Top-1 agreement with fp32 on 64 held-out natural-image crops (seed 1; calibration: 64 crops, seed 0).", "",
-        *mobilenet, ""])
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("# int8 / half precision on encoders (MiniLM-L6, MobileNetV2)\n\n" + text
-                              + f"\n`{' '.join(sys.argv)}`\n")
+    machine = (f"Machine: {os.cpu_count()} CPU cores shared with other jobs; load average (1/5/15 min) "
+               f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at start, {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} at end; "
+               f"{args.threads} threads; torch {torch.__version__}; parts {' '.join(parts)} in {time.time() - start:.0f} s; "
+               f"`{' '.join(sys.argv)}`.")
+    body = ["# int8 / half precision on encoders (MiniLM-L6, MobileNetV2)", ""]
+    for part, title in (("minilm", "MiniLM-L6 embeddings, 32 sentences × 128 tokens"),
+                        ("mobilenet", "MobileNetV2, static int8, 224 × 224")):
+        lines = [machine, "", *sections[part]] if part in sections else _keep_section(out, part)
+        body += [f"## {title}", "", f"<!-- part:{part} -->", *lines, f"<!-- /part:{part} -->", ""]
+    notes = _keep_section(out, "analysis")
+    body += ["## Analysis (written by hand after the run)", "", "<!-- part:analysis -->", *notes,
+             "<!-- /part:analysis -->", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("\n".join(body), encoding="utf-8")
+    os.replace(tmp, out)  # atomic: never a half-written doc
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 ``FlopCounterMode`` counts the matrix products of a real forward pass (mm, addmm, bmm,
 convolution, attention) and reports 2 FLOPs per multiply-accumulate. It knows nothing about
-the quantized linear kernels that int8 layers call, so they are taught here: a quantized
-linear layer does the same multiply-accumulates as the float layer it replaces.
+the quantized linear and conv kernels that int8 layers call, so they are taught here: a
+quantized linear or conv layer does the same multiply-accumulates as the float layer it replaces.
 """
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ _QUANTIZED_LINEAR_OPS = (
     "linear_relu",
     "linear_with_input_q_dq_qweight_dq_output_fp32",
 )
+
+
+# Quantized conv kernels: (quint8 input, prepacked weight, output scale, output zero point).
+_QUANTIZED_CONV_OPS = ("conv1d", "conv2d", "conv2d_relu", "conv3d", "conv3d_relu", "conv2d_add", "conv2d_add_relu")
 
 
 def count_macs(model: nn.Module, example_inputs: ModelInputs) -> int:
@@ -60,13 +64,26 @@ def _int_mm_flops(a_shape: torch.Size, b_shape: torch.Size, *args: Any, out_shap
     return 2 * int(a_shape[0]) * int(a_shape[1]) * int(b_shape[1])
 
 
+def _quantized_conv_flops(input_shape: Any, packed: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+    """FLOPs (2 per MAC) of a quantized conv: every output element sums ``C_in / groups · kH · kW``
+    products, as for the float conv.
+
+    The weight lives inside the prepacked argument (a ``ConvPackedParams`` script object), so its
+    shape ``[C_out, C_in / groups, kH, kW]`` is read back with ``unpack()``.
+    """
+    weight_shape = packed.unpack()[0].shape
+    return 2 * math.prod(out_shape) * math.prod(weight_shape[1:])
+
+
 def _quantized_mapping() -> dict[Any, Callable[..., int]]:
-    """FLOP formulas for the quantized linear ops this PyTorch build has."""
+    """FLOP formulas for the quantized linear and conv ops this PyTorch build has."""
     mapping: dict[Any, Callable[..., int]] = {torch.ops.aten._int_mm: _int_mm_flops}
-    for name in _QUANTIZED_LINEAR_OPS:
-        try:
-            packet = getattr(torch.ops.quantized, name)
-        except (AttributeError, RuntimeError):
-            continue
-        mapping[packet] = _quantized_linear_flops
+    for names, formula in ((_QUANTIZED_LINEAR_OPS, _quantized_linear_flops),
+                           (_QUANTIZED_CONV_OPS, _quantized_conv_flops)):
+        for name in names:
+            try:
+                packet = getattr(torch.ops.quantized, name)
+            except (AttributeError, RuntimeError):
+                continue
+            mapping[packet] = formula
     return mapping

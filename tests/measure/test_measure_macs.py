@@ -72,3 +72,20 @@ def test_static_quantized_linear_counts_like_fp32() -> None:
         warnings.simplefilter("ignore", UserWarning)
         model = Static()
         assert count_macs(model, torch.randn(4, 6)) == 4 * 6 * 3
+
+
+def test_static_int8_conv_model_counts_like_fp32() -> None:
+    """Both static-int8 conv paths (per layer and FX graph mode) count the float conv's MACs."""
+    import slimkit as sk
+
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8), nn.Conv2d(8, 4, 1))
+    fp32 = nn.Sequential(body, nn.Flatten(), nn.Linear(4 * 4 * 4, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = 2 * (8 * 8 * 8 * 3 * 9 + 4 * 4 * 8 * 9 + 4 * 4 * 4 * 8) + 2 * 64 * 5
+    assert count_macs(fp32, x) == expected
+    for graph in ("on", "off"):
+        q = sk.compress(fp32, {"steps": [{"quantize": {"method": "static_int8", "graph": graph}}]}, calib=[x],
+                        progress=False, measure=False).model
+        assert count_macs(q, x) == expected, graph

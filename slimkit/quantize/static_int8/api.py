@@ -1,20 +1,33 @@
-"""``quantize: {method: static_int8}`` handler: fold BN, calibrate ranges, swap in int8 layers."""
+"""``quantize: {method: static_int8}`` handler: fold BN, calibrate ranges, swap in int8 layers.
+
+Order of work: (1) traceable submodules holding selected convs go through FX graph mode (int8
+activations chained, see :mod:`slimkit.quantize.static_int8.graph`); (2) the remaining selected
+layers take the per-layer path (BN folded, calibrated input/output ranges); (3) Linear layers named
+by ``keep_dynamic`` or measured most sensitive (``auto_keep_dynamic``) run dynamic per-token instead.
+"""
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import torch
 from torch import nn
 
 from slimkit.core.context import RunContext
+from slimkit.core.errors import UnsupportedModelError
+from slimkit.core.inputs import call_model
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
-from slimkit.core.select import select_modules
+from slimkit.core.select import matching_names, select_modules, tied_weight_names
 from slimkit.io.edits import replace_module
-from slimkit.core.select import tied_weight_names
+from slimkit.quantize.dynamic_int8.core import Int8DynamicLinear
 from slimkit.quantize.observers import make_observer, observe_layers, qparams
 from slimkit.quantize.static_int8.config import StaticInt8Config
 from slimkit.quantize.static_int8.core import FoldedBatchNorm, Int8StaticConv2d, Int8StaticLinear, fold_batchnorm
+from slimkit.quantize.static_int8.graph import (clamp_to_activations, convert_region, graph_regions, plain_state,
+                                                prepare_region)
 
-__all__ = ["quantize_static_int8", "conv_bn_pairs", "conv_activation_bounds", "weight_scale"]
+__all__ = ["quantize_static_int8", "conv_bn_pairs", "conv_activation_bounds", "weight_scale", "layer_sensitivity"]
 
 #: activations after which only part of a conv's output range matters: (lowest, highest) kept
 _CLAMPS = {nn.ReLU: (0.0, float("inf")), nn.ReLU6: (0.0, 6.0)}
@@ -118,9 +131,19 @@ def _select(model: nn.Module, cfg: StaticInt8Config, ctx: RunContext) -> dict[st
 
 @register("quantize", "static_int8", StaticInt8Config, needs=("calib",))
 def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: RunContext) -> nn.Module:
-    """Calibrate activation ranges on ``ctx.calib``, then replace Linear/Conv2d by int8 layers."""
+    """Calibrate activation ranges on ``ctx.calib``, then replace Linear/Conv2d by int8 layers.
+
+    ```yaml
+    - quantize: {method: static_int8, graph: auto, auto_keep_dynamic: 8}
+    ```
+    """
     calib = ctx.require("calib", "quantize")
     layers = _select(model, cfg, ctx)
+    if cfg.graph != "off":
+        for name in _quantize_graph_regions(model, layers, cfg, calib, ctx):
+            layers = {n: m for n, m in layers.items() if not (n == name or n.startswith(name + "."))}
+        if not layers:
+            return model
     convs = {n: m for n, m in layers.items() if isinstance(m, nn.Conv2d)}
     bounds = conv_activation_bounds(model) if convs else {}
     if cfg.fold_bn and convs:
@@ -128,6 +151,7 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: RunContex
         layers.update(convs)
     factory = lambda: make_observer(cfg.observer, None, percentile=cfg.percentile, symmetric=False)  # noqa: E731
     seen = observe_layers(model, layers, factory, ctx.progress(calib, "calibrating"), outputs=bool(convs))
+    built: dict[str, tuple[nn.Module, str]] = {}
     for name, module in layers.items():
         obs_in, obs_out = seen[name]
         w_scale = weight_scale(module.weight, cfg.weight_observer, cfg.per_channel, cfg.percentile)
@@ -142,9 +166,146 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: RunContex
             out_q = qparams(lo, hi, symmetric=False)
             new = Int8StaticConv2d.from_float(module, module.weight, module.bias, w_scale, in_q, out_q)  # type: ignore[arg-type]
             kind = "int8_static_conv2d"
+        built[name] = (new, kind)
+    for name in _dynamic_layers(model, layers, built, cfg, calib, ctx):
+        new = Int8DynamicLinear.from_linear(layers[name], cfg.per_channel, "per_token")  # type: ignore[arg-type]
+        built[name] = (new, "int8_dynamic_linear")
+    for name, (new, kind) in built.items():
         replace_module(model, name, new)
         record_edit(model, {"op": "replace_module", "path": name, "kind": kind, "spec": new.spec()})  # type: ignore[operator]
     ctx.note("quantized_linear_layers", sum(isinstance(m, nn.Linear) for m in layers.values()))
     ctx.note("quantized_conv_layers", len(convs))
     ctx.note("conv_outputs_clamped_to_activation", sum(n in bounds for n in convs))
     return model
+
+
+def _region_inputs(model: nn.Module, regions: list[str], batch: Any) -> dict[str, tuple[torch.Tensor, ...] | None]:
+    """The positional tensor inputs each region receives on one calibration batch (None: not plain tensors)."""
+    seen: dict[str, tuple[torch.Tensor, ...] | None] = {}
+
+    def hook(name: str) -> Any:
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if name not in seen:
+                plain = not kwargs and args and all(isinstance(a, torch.Tensor) for a in args)
+                seen[name] = tuple(a.detach() for a in args) if plain else None
+        return fn
+
+    handles = [model.get_submodule(r).register_forward_pre_hook(hook(r), with_kwargs=True) for r in regions]
+    try:
+        with torch.no_grad():
+            call_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _float_modules(region: nn.Module, prefix: str, layers: dict[str, nn.Module]) -> list[str]:
+    """Region-relative names of the largest submodules holding Conv2d/Linear layers none of which is
+    selected: they run in float as a whole (their ReLU6 / add too), e.g. ``ignore: [features.0]``."""
+    out: list[str] = []
+    for n, m in region.named_modules():
+        if not n or any(n.startswith(f + ".") for f in out):
+            continue
+        weighted = [f"{prefix}.{n}.{c}" if c else f"{prefix}.{n}" for c, sub in m.named_modules()
+                    if isinstance(sub, (nn.Conv2d, nn.Linear))]
+        if weighted and not any(w in layers for w in weighted):
+            out.append(n)
+    return out
+
+
+def _quantize_graph_regions(model: nn.Module, layers: dict[str, nn.Module], cfg: StaticInt8Config, calib: Any,
+                            ctx: RunContext) -> list[str]:
+    """FX graph mode on every traceable region holding a selected conv; returns the regions done."""
+    regions = graph_regions(model, set(layers))
+    calib = list(calib)
+    inputs = _region_inputs(model, regions, calib[0]) if regions else {}
+    for name in [r for r in regions if inputs.get(r) is None]:
+        ctx.skip(name, "graph mode needs a region called with positional tensors only; its layers run per layer")
+    regions = [r for r in regions if inputs.get(r) is not None]
+    if not regions:
+        if cfg.graph == "on":
+            raise UnsupportedModelError("static_int8 graph: on found no torch.fx-traceable submodule holding a "
+                                        "selected Conv2d (the root itself cannot be a region)")
+        return []
+    specs = {}
+    for name in regions:
+        region = model.get_submodule(name)
+        float_layers = _float_modules(region, name, layers)
+        specs[name] = {"observer": cfg.observer, "weight_observer": cfg.weight_observer, "per_channel": cfg.per_channel,
+                       "percentile": cfg.percentile, "float_layers": float_layers,
+                       "input_shapes": [[1, *t.shape[1:]] for t in inputs[name]]}  # type: ignore[union-attr]
+        replace_module(model, name, prepare_region(region, specs[name], inputs[name]))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for batch in ctx.progress(calib, "calibrating (graph)"):
+            call_model(model, batch)
+    clamped = convs = 0
+    for name in regions:
+        prepared = model.get_submodule(name)
+        clamped += clamp_to_activations(prepared)  # type: ignore[arg-type]
+        converted = convert_region(prepared)  # type: ignore[arg-type]
+        bad = [k for k, _ in plain_state(converted)]
+        if bad:
+            raise UnsupportedModelError(f"static_int8 graph region {name!r} holds state that safetensors cannot store: "
+                                        f"{bad[:5]} (set graph: off)")
+        convs += sum(type(m).__name__ == "QConv2dInt8" for m in converted.modules())
+        replace_module(model, name, converted)
+        record_edit(model, {"op": "static_int8_graph", "path": name, "spec": specs[name]})
+    ctx.note("graph_regions", regions)
+    ctx.note("graph_int8_conv_layers", convs)
+    ctx.note("graph_observers_clamped_to_activation", clamped)
+    return regions
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    """The main output tensor of a model call (a tensor, a tuple's first item, a ModelOutput's first field)."""
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        elif isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        else:
+            raise UnsupportedModelError(f"static_int8 auto_keep_dynamic needs a tensor output, got {type(out).__name__}")
+    return out.detach().float()
+
+
+def layer_sensitivity(model: nn.Module, candidates: dict[str, nn.Module], batches: list[Any]) -> dict[str, float]:
+    """Output SQNR (dB) on ``batches`` with only one layer swapped for its candidate, per layer.
+
+    The lower the SQNR, the more that layer's quantization alone costs: the measured per-layer
+    sensitivity used by ``auto_keep_dynamic``.
+    """
+    with torch.no_grad():
+        refs = [_first_tensor(call_model(model, b)) for b in batches]
+        out: dict[str, float] = {}
+        for name, cand in candidates.items():
+            original = model.get_submodule(name)
+            replace_module(model, name, cand)
+            try:
+                noise = sum(float((_first_tensor(call_model(model, b)) - r).pow(2).sum()) for b, r in zip(batches, refs))
+            finally:
+                replace_module(model, name, original)
+            signal = sum(float(r.pow(2).sum()) for r in refs)
+            out[name] = 10.0 * math.log10(signal / max(noise, 1e-30))
+    return out
+
+
+def _dynamic_layers(model: nn.Module, layers: dict[str, nn.Module], built: dict[str, tuple[nn.Module, str]],
+                    cfg: StaticInt8Config, calib: Any, ctx: RunContext) -> list[str]:
+    """Linear layers to run dynamic per-token instead of static: ``keep_dynamic`` rules plus the
+    ``auto_keep_dynamic`` most sensitive ones (measured on the first calibration batches)."""
+    linears = {n for n, m in layers.items() if isinstance(m, nn.Linear)}
+    chosen = set()
+    if cfg.keep_dynamic:
+        chosen = matching_names(model, cfg.keep_dynamic, "keep_dynamic") & linears
+        if not chosen:
+            raise UnsupportedModelError(f"keep_dynamic {cfg.keep_dynamic} matches no Linear layer static_int8 quantizes")
+    if cfg.auto_keep_dynamic:
+        batches = list(calib)[:cfg.sensitivity_batches]
+        sqnr = layer_sensitivity(model, {n: built[n][0] for n in sorted(linears - chosen)}, batches)
+        worst = sorted(sqnr, key=sqnr.get)[:cfg.auto_keep_dynamic]  # type: ignore[arg-type]
+        ctx.note("sensitivity_sqnr_db", {n: round(v, 2) for n, v in sorted(sqnr.items(), key=lambda kv: kv[1])[:10]})
+        chosen |= set(worst)
+    if chosen:
+        ctx.note("dynamic_per_token_layers", sorted(chosen))
+    return sorted(chosen)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 
-from slimkit.core.config import StepConfig, check_bool, check_choice, check_range, check_str_list
+from slimkit.core.config import StepConfig, check_bool, check_choice, check_int, check_range, check_str_list
 from slimkit.quantize.observers import OBSERVERS
 
-__all__ = ["StaticInt8Config", "STATIC_LAYER_TYPES"]
+__all__ = ["StaticInt8Config", "STATIC_LAYER_TYPES", "GRAPH_MODES"]
 
 #: layer classes static int8 handles (by class name, as written in recipes)
 STATIC_LAYER_TYPES = ("Linear", "Conv2d")
+#: ``graph``: auto (FX graph mode for traceable submodules holding a selected conv), on (required), off
+GRAPH_MODES = ("auto", "on", "off")
 
 
 @dataclasses.dataclass
@@ -25,6 +27,26 @@ class StaticInt8Config(StepConfig):
     Linear layers run on fbgemm's ``quantized::linear`` with a calibrated uint8 input range;
     Conv2d layers on fbgemm's ``quantized::conv2d`` with uint8 input and output ranges, after a
     following BatchNorm is folded into them (``fold_bn: true``). Needs ``calib`` data.
+
+    Graph mode (CNNs): with ``graph: auto`` (default) every torch.fx-traceable submodule holding a
+    selected Conv2d (e.g. MobileNetV2's ``features``) is quantized as one graph: conv + BN (+ ReLU)
+    fused, activations kept quint8 from layer to layer, residual adds on ``quantized::add``, observer
+    ranges feeding a ReLU6 clamped to [0, 6]. ``graph: on`` requires such a region, ``off`` keeps
+    the per-layer quantize → int8 conv → dequantize path everywhere.
+
+    ```yaml
+    - quantize: {method: static_int8, graph: auto, observer: minmax}
+    ```
+
+    Sensitive Linear layers can run dynamic int8 instead (one int8 scale per token, computed at
+    run time on ``torch._int_mm``): named ones (``keep_dynamic``, module-selection rules) and/or the
+    ``auto_keep_dynamic`` layers whose static quantization alone costs the most output SQNR on the
+    first ``sensitivity_batches`` calibration batches (measured, one layer at a time).
+
+    ```yaml
+    - quantize: {method: static_int8, auto_keep_dynamic: 4}
+    - quantize: {method: static_int8, keep_dynamic: ["re:.*output\\.dense$"]}
+    ```
     """
 
     method: str = "static_int8"
@@ -37,8 +59,16 @@ class StaticInt8Config(StepConfig):
     ignore: list[str] = dataclasses.field(default_factory=list)
     fold_bn: bool = True
     quantize_tied: bool = False
+    graph: str = "auto"
+    keep_dynamic: list[str] = dataclasses.field(default_factory=list)
+    auto_keep_dynamic: int = 0
+    sensitivity_batches: int = 2
 
     def validate(self) -> None:
+        check_choice("graph", self.graph, GRAPH_MODES)
+        check_str_list("keep_dynamic", self.keep_dynamic)
+        check_int("auto_keep_dynamic", self.auto_keep_dynamic, 0, 10_000)
+        check_int("sensitivity_batches", self.sensitivity_batches, 1, 10_000)
         check_choice("observer", self.observer, OBSERVERS)
         check_choice("weight_observer", self.weight_observer, OBSERVERS)
         check_range("percentile", self.percentile, 90.0, 100.0, lo_open=True)
