@@ -97,6 +97,29 @@ def test_magnitude_importance_removes_the_zeroed_channels() -> None:
     assert torch.allclose(ref, out, atol=1e-5)
 
 
+def test_global_allocation_prunes_the_weak_layer_harder_and_meets_target(tmp_path) -> None:
+    x = torch.randn(2, 3, 16, 16)
+    model = make_net()
+    with torch.no_grad():  # block 0's expanded channels: half of them nearly dead
+        model.blocks[0].expand[0].weight[::2] *= 0.01
+        model.blocks[0].dw[0].weight[::2] *= 0.01
+        model.blocks[0].project[0].weight[:, ::2] *= 0.01
+    res = structured(model, x, granularity="channel", target_macs=0.7, allocation="global")
+    ratios = res.report.steps[0]["notes"]["group_ratios"]
+    assert ratios["blocks.0.expand.0"] >= 0.45  # the dead half goes first ...
+    assert ratios["blocks.0.expand.0"] > ratios["blocks.1.expand.0"] + 0.2  # ... not an equal share
+    kept = count_macs(res.model, x) / count_macs(model, x)
+    assert 0.6 <= kept <= 0.7, kept
+    sk.save(res.model, tmp_path / "g")
+    with torch.no_grad():
+        assert torch.equal(sk.load(tmp_path / "g", model=make_net(1))(x), res.model(x))
+
+
+def test_global_allocation_only_for_channel_and_neuron() -> None:
+    with pytest.raises(sk.ConfigError, match="allocation"):
+        structured(make_net(), torch.randn(1, 3, 8, 8), granularity="head", sparsity=0.5, allocation="global")
+
+
 def test_bert_neurons(make_bert, token_batch, tmp_path) -> None:
     model = make_bert()
     res = structured(model, token_batch, granularity="neuron", sparsity=0.5)

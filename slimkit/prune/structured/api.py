@@ -18,7 +18,7 @@ from slimkit.measure.macs import count_macs
 from slimkit.prune.importance import OutputNormStats
 from slimkit.prune.structured import edits as _edits  # noqa: F401  (registers the replay op)
 from slimkit.prune.structured.config import StructuredPruneConfig
-from slimkit.prune.structured.core import build_graph, candidate_groups, prune_group, units_to_prune
+from slimkit.prune.structured.core import build_graph, candidate_groups, group_ratios, prune_group, units_to_prune
 from slimkit.prune.structured.heads import (find_attentions, head_scores, heads_for_ratio, heads_from_map,
                                             remove_heads, unsupported_attentions)
 from slimkit.prune.structured.width import apply_width, find_width_group, width_scores
@@ -190,9 +190,10 @@ def _prune_model(model: nn.Module, cfg: StructuredPruneConfig, ratio: float, sco
     names = {m: n for n, m in model.named_modules()}
     DG = build_graph(model, example)
     cands = candidate_groups(model, DG, cfg.granularity, _ignored(model, cfg))
+    ratios = group_ratios(scores, [names[r] for r, _, _ in cands], ratio, cfg.allocation)
     removed = 0
     for root, fn, _ in cands:
-        idxs = units_to_prune(scores[names[root]], ratio, cfg.round_to)
+        idxs = units_to_prune(scores[names[root]], ratios[names[root]], cfg.round_to)
         if not idxs:
             continue
         slices = prune_group(DG, root, fn, idxs, names)
@@ -233,7 +234,9 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunConte
     if cfg.granularity == "head":
         atts = find_attentions(model)
         ctx.note("heads_kept", {p: atts[p].n_q for p in scores})
-    ctx.note("group_ratio", round(ratio, 4))
+    ctx.note("group_ratio" if cfg.allocation == "uniform" else "global_cut", round(ratio, 4))
+    if cfg.allocation == "global":
+        ctx.note("group_ratios", {g: round(r, 4) for g, r in group_ratios(scores, list(scores), ratio, "global").items()})
     ctx.note("units_removed", removed)
     kept = count_macs(model, example) / dense_macs
     ctx.note("macs_kept", round(kept, 4))

@@ -6,9 +6,10 @@ import dataclasses
 from slimkit.core.config import StepConfig, check_choice, check_int, check_range, check_str_list
 from slimkit.core.errors import ConfigError
 
-__all__ = ["StructuredPruneConfig", "GRANULARITIES", "IMPORTANCES", "GQA_UNITS"]
+__all__ = ["StructuredPruneConfig", "GRANULARITIES", "IMPORTANCES", "GQA_UNITS", "ALLOCATIONS"]
 
 GRANULARITIES = ("channel", "neuron", "head", "layer_width")
+ALLOCATIONS = ("uniform", "global")
 IMPORTANCES = ("magnitude", "activation", "taylor")
 GQA_UNITS = ("query", "group")
 
@@ -20,6 +21,7 @@ class StructuredPruneConfig(StepConfig):
     ```yaml
     - prune: {method: structured, granularity: channel, target_macs: 0.5, importance: magnitude, round_to: 8}
     - prune: {method: structured, granularity: neuron, sparsity: 0.3, importance: activation}
+    - prune: {method: structured, granularity: channel, target_macs: 0.5, allocation: global, round_to: 8}
     - prune: {method: structured, granularity: head, sparsity: 0.5, importance: activation}
     - prune: {method: structured, granularity: head, heads: {"encoder.layer.0.attention": [0, 3]}}
     - prune: {method: structured, granularity: layer_width, target_macs: 0.8, round_to: 8}
@@ -44,6 +46,10 @@ class StructuredPruneConfig(StepConfig):
     number of query heads inside every KV group, ``group`` removes whole KV groups (a KV head with
     its query heads); multi-head attention always removes whole heads. Groups whose units feed the
     model output (classifier, pooler, lm_head) are never pruned by ``channel``/``neuron``.
+    ``allocation`` (channel / neuron): ``uniform`` removes the same fraction from every group;
+    ``global`` ranks every unit of every group together by its score divided by its group's mean
+    score, so each layer gets its own ratio (at most 90 % removed per group), and the global cut is
+    bisected to hit ``target_macs``.
     Two steps compose: ``head`` with ``target_macs: 0.8`` then ``neuron`` with ``target_macs:
     0.625`` keeps ~0.5 of the MACs (each step's target is relative to its own input).
     """
@@ -56,6 +62,7 @@ class StructuredPruneConfig(StepConfig):
     importance: str = "magnitude"
     round_to: int = 1
     gqa: str = "query"
+    allocation: str = "uniform"
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
 
@@ -63,6 +70,9 @@ class StructuredPruneConfig(StepConfig):
         check_choice("granularity", self.granularity, GRANULARITIES)
         check_choice("importance", self.importance, IMPORTANCES)
         check_choice("gqa", self.gqa, GQA_UNITS)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        if self.allocation == "global" and self.granularity not in ("channel", "neuron"):
+            raise ConfigError(f"allocation = 'global' works with granularity channel or neuron, not {self.granularity!r}")
         given = [n for n in ("sparsity", "target_macs", "heads") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError("give exactly one of sparsity (fraction of units removed), target_macs (fraction of MACs "

@@ -17,7 +17,7 @@ from torch import nn
 
 from slimkit.core.inputs import call_model, output_tensor
 
-__all__ = ["build_graph", "candidate_groups", "units_to_prune", "prune_group", "group_modules"]
+__all__ = ["build_graph", "candidate_groups", "units_to_prune", "group_ratios", "prune_group", "group_modules"]
 
 _ATTENTION_WORDS = ("attn", "attention")
 
@@ -93,6 +93,25 @@ def units_to_prune(scores: torch.Tensor, ratio: float, round_to: int) -> list[in
     if keep == n:
         return []
     return sorted(torch.topk(scores.float(), n - keep, largest=False).indices.tolist())
+
+
+#: no group loses more than this fraction under global allocation (a layer cut to nothing breaks)
+MAX_GROUP_RATIO = 0.9
+
+
+def group_ratios(scores: dict[str, torch.Tensor], groups: list[str], ratio: float, allocation: str) -> dict[str, float]:
+    """Fraction of units to remove from each group.
+
+    ``uniform``: ``ratio`` everywhere. ``global``: scores are divided by their group's mean (so
+    layers of different scale compare), the ``ratio`` quantile of all of them is the cut, and each
+    group removes its units below the cut (at most :data:`MAX_GROUP_RATIO`).
+    """
+    if allocation == "uniform" or not groups:
+        return {g: ratio for g in groups}
+    norm = {g: scores[g].float() / scores[g].float().mean().clamp_min(1e-12) for g in groups}
+    every = torch.cat([norm[g] for g in groups])
+    cut = torch.quantile(every, min(max(ratio, 0.0), 1.0)) if ratio > 0 else every.min() - 1
+    return {g: min(float((norm[g] < cut).float().mean()), MAX_GROUP_RATIO) for g in groups}
 
 
 def prune_group(DG: tp.DependencyGraph, root: nn.Module, fn: Callable, idxs: list[int],
