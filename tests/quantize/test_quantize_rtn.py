@@ -43,6 +43,15 @@ def test_rtn_clip_search_raises_weight_sqnr() -> None:
     assert sqnr_db(w, searched[2].dequantize()) > sqnr_db(w, plain[2].dequantize()) + 0.1  # uniform init: clipping gains little
 
 
+def test_packing_does_not_change_the_parameter_count() -> None:
+    from slimkit.measure.size import count_nonzero, count_params
+
+    model = mlp()
+    out = rtn(model, bits=4, group_size=64).model
+    assert count_params(out) == count_params(model)  # params are logical; bytes shrink, not params
+    assert count_nonzero(out) <= count_params(out)
+
+
 def test_layers_packed_two_codes_per_byte() -> None:
     res = rtn(mlp(), bits=4, group_size=64)
     layer = res.model[2]

@@ -127,6 +127,10 @@ class WeightOnlyLinear(_PackedWeights):
             out["bias"] = self.bias
         return out
 
+    def slimkit_logical_weights(self) -> dict[str, torch.Tensor]:
+        """The weight as [out, in] values (for parameter counts; packing is a storage matter)."""
+        return {"weight": self.dequantize(), **({"bias": self.bias} if self.bias is not None else {})}
+
     # -- kernels
     def kernel_name(self) -> str | None:
         """Which integer kernel can run this layer, or None."""
@@ -231,6 +235,10 @@ class WeightOnlyEmbedding(_PackedWeights):
         if not self.symmetric:
             out["zeros"] = self.zeros
         return out
+
+    def slimkit_logical_weights(self) -> dict[str, torch.Tensor]:
+        """The table as [rows, dim] values (for parameter counts)."""
+        return {"weight": self.dequantize()}
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1)

@@ -134,6 +134,13 @@ class ClusteredLinear(nn.Module):
             out["bias"] = self.bias
         return out
 
+    def slimkit_logical_weights(self) -> dict[str, torch.Tensor]:
+        """The weight as [out, in] values (indices are bit-packed on disk)."""
+        out = {"weight": self.codebook.detach()[self.weight_indices()]}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        return out
+
     def spec(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features, "clusters": self.clusters,
                 "bias": self.bias is not None, "cache_weight": self.cache_weight}
