@@ -85,7 +85,7 @@ def slimkit_variants(model: nn.Module, calib: list[Any]) -> dict[str, nn.Module]
         "slimkit smoothquant α=0.5 (per-token)": {"method": "smoothquant", "alpha": 0.5, "activations": "per_token"},
     }
     if "mixed" in methods_of("quantize"):
-        recipes["slimkit mixed (weight-only 4/8-bit, target_ratio 0.3)"] = {"method": "mixed", "bits_choices": [4, 8], "target_ratio": 0.3}
+        recipes["slimkit mixed (weight-only 4/8-bit, target_ratio 0.65)"] = {"method": "mixed", "bits_choices": [4, 8], "target_ratio": 0.65}
     out = {}
     for label, step in recipes.items():
         try:
