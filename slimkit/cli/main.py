@@ -40,8 +40,9 @@ def _version() -> str:
 
 def _add_demo(sub: Any) -> None:
     p = sub.add_parser("demo", help="compress SmolLM2-135M several ways and print the measured table",
-                       description="Load SmolLM2-135M, run baseline, magnitude 50%, dynamic int8 and both; print "
-                       "held-out Shakespeare perplexity, checkpoint bytes and speed; write report.{json,md,png}.")
+                       description="Load SmolLM2-135M and compress it several ways (magnitude 50%, wanda 2:4, "
+                       "dynamic int8, GPTQ int4, mixed precision, drop 4 blocks, drop 4 + healing distillation, "
+                       "magnitude + int8); print held-out Shakespeare perplexity, checkpoint bytes and speed; write report.{json,md,png}.")
     p.add_argument("--out", default="slimkit-demo", help="report directory (default: ./slimkit-demo)")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out chunks of 256 tokens (default 8 = 2,048 tokens)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
