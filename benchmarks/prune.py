@@ -218,15 +218,17 @@ def structured_section(name: str, lines: list[str], steps: int) -> None:
     quality: dict[str, tuple[float, float | None]] = {"dense": (metric(model), None)}
     macs: dict[str, float] = {"dense": 1.0}
     for target in (0.7, 0.5):
-        pruned, secs, notes = run("structured", model, {"method": "structured", "granularity": gran,
-                                                        "target_macs": target, "round_to": 8}, example_inputs=example)
-        label = f"slimkit structured {gran}, target_macs {target}"
-        before = metric(pruned)
-        recovered = distill_recover(copy.deepcopy(pruned), model, calib, steps, lr)
-        models[label] = recovered
-        quality[label] = (before, metric(recovered))
-        macs[label] = count_macs(recovered, example) / dense_macs
-        print(label, notes, f"{secs:.0f}s", quality[label], flush=True)
+        for allocation in ("global", "uniform"):  # uniform last: its group ratio is the peer's ratio
+            pruned, secs, notes = run("structured", model, {"method": "structured", "granularity": gran,
+                                                            "target_macs": target, "round_to": 8,
+                                                            "allocation": allocation}, example_inputs=example)
+            label = f"slimkit structured {gran}, {allocation} allocation, target_macs {target}"
+            before = metric(pruned)
+            recovered = distill_recover(copy.deepcopy(pruned), model, calib, steps, lr)
+            models[label] = recovered
+            quality[label] = (before, metric(recovered))
+            macs[label] = count_macs(recovered, example) / dense_macs
+            print(label, notes, f"{secs:.0f}s", quality[label], flush=True)
         peer = tp_peer(model, example, notes["group_ratio"], kind)
         plabel = f"Torch-Pruning MetaPruner (peer), ratio {notes['group_ratio']:.3f}"
         pbefore = metric(peer)

@@ -36,6 +36,7 @@ from torch import nn
 
 from slimkit.io.edits import register_edit_op, register_module_kind, replace_module
 from slimkit.quantize.observers import make_observer, qparams
+from slimkit.quantize.static_int8.core import _LazyPacked
 
 __all__ = ["AoObserver", "QConv2dInt8", "QLinearInt8", "graph_regions", "prepare_region", "convert_region",
            "clamp_to_activations", "build_region", "plain_state"]
@@ -208,10 +209,8 @@ def _make_qweight(weight_int8: torch.Tensor, scale: torch.Tensor) -> torch.Tenso
     return torch._make_per_tensor_quantized_tensor(weight_int8, float(scale[0]), 0)
 
 
-class _QLayer(nn.Module):
+class _QLayer(_LazyPacked):
     """Shared storage of the quantized layers: int8 weight, float scales, output (scale, zero point)."""
-
-    _packed: Any = None
 
     def _init_storage(self, weight_shape: tuple[int, ...], out: int, per_channel: bool, relu: bool) -> None:
         self.per_channel, self.relu = per_channel, relu
@@ -230,15 +229,6 @@ class _QLayer(nn.Module):
         self.output_scale.fill_(scale)
         self.output_zero_point.fill_(zero_point)
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        self._packed = None
-        super()._load_from_state_dict(*args, **kwargs)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_packed"] = None
-        return state
-
     def slimkit_weights(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight_int8, "bias": self.bias}
 
@@ -249,7 +239,7 @@ class _QLayer(nn.Module):
                 self._packed = self._pack(_make_qweight(self.weight_int8, self.weight_scale))
         return self._packed
 
-    def _pack(self, qweight: torch.Tensor) -> Any:  # pragma: no cover - abstract
+    def _pack(self, qweight: torch.Tensor) -> Any:  # type: ignore[override]  # pragma: no cover - abstract
         raise NotImplementedError
 
 
