@@ -5,7 +5,7 @@ tensors (keyword arguments, the Hugging Face convention).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from slimkit.core.errors import DataError
 
-__all__ = ["ModelInputs", "call_model", "move_inputs", "first_tensor", "check_inputs", "output_tensor"]
+__all__ = ["run_with_hooks", "ModelInputs", "call_model", "move_inputs", "first_tensor", "check_inputs", "output_tensor"]
 
 ModelInputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor]
 
@@ -25,6 +25,18 @@ def call_model(model: nn.Module, inputs: ModelInputs) -> Any:
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
+
+
+def run_with_hooks(model: nn.Module, batches: Iterable[ModelInputs], handles: Iterable[Any]) -> None:
+    """Call ``model`` on every batch without gradients, then remove the hook ``handles`` (also on
+    error): the calibration pass of every statistics-collecting step."""
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                call_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def move_inputs(inputs: ModelInputs, device: torch.device | str) -> ModelInputs:

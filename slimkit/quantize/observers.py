@@ -171,7 +171,7 @@ def observe_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Module], f
 
     Returns ``{name: (input_observer, output_observer or None)}``; hooks are removed afterwards.
     """
-    from slimkit.core.inputs import call_model
+    from slimkit.core.inputs import run_with_hooks
 
     seen: dict[str, tuple[Observer, Observer | None]] = {
         name: (factory(), factory() if outputs else None) for name in layers}
@@ -184,12 +184,5 @@ def observe_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Module], f
                 obs_out.update(out)
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                call_model(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, batches, [m.register_forward_hook(hook(n)) for n, m in layers.items()])
     return seen

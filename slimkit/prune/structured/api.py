@@ -10,7 +10,7 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, DataError, UnsupportedModelError
-from slimkit.core.inputs import call_model
+from slimkit.core.inputs import call_model, run_with_hooks
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import matching_names
@@ -50,14 +50,8 @@ def _ignored(model: nn.Module, cfg: StructuredPruneConfig) -> list[nn.Module]:
 def _activation_scores(model: nn.Module, roots: list[str], calib: list[Any]) -> Scores:
     """Mean |output| per unit of every group root on the calibration data."""
     stats = {n: OutputNormStats(model.get_submodule(n).weight.shape[0]) for n in roots}
-    hooks = [model.get_submodule(n).register_forward_hook(
-        lambda m, i, o, s=stats[n]: s.add(m, i[0], o)) for n in roots]
-    try:
-        for batch in calib:
-            call_model(model, batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(model, calib, [model.get_submodule(n).register_forward_hook(
+        lambda m, i, o, s=stats[n]: s.add(m, i[0], o)) for n in roots])
     return {n: s.mean().float() for n, s in stats.items()}
 
 

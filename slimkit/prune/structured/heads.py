@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import ConfigError, UnsupportedModelError
-from slimkit.core.inputs import call_model
+from slimkit.core.inputs import run_with_hooks
 from slimkit.io.edits import register_edit_op
 
 __all__ = ["Attention", "find_attentions", "unsupported_attentions", "head_scores", "heads_for_ratio",
@@ -138,13 +138,7 @@ def _activation_scores(model: nn.Module, atts: dict[str, Attention], calib: list
             count[path] += x.shape[0]
         return fn
 
-    hooks = [a.o.register_forward_pre_hook(hook(p, a)) for p, a in atts.items()]
-    try:
-        for batch in calib:
-            call_model(model, batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(model, calib, [a.o.register_forward_pre_hook(hook(p, a)) for p, a in atts.items()])
     out = {}
     for p, a in atts.items():
         q = (sums[p] / max(count[p], 1)).float()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import UnsupportedModelError
-from slimkit.core.inputs import call_model
+from slimkit.core.inputs import run_with_hooks
 from slimkit.io.edits import register_edit_op
 from slimkit.prune.structured.core import build_graph, group_modules
 from slimkit.prune.structured.heads import slice_linear
@@ -129,14 +129,7 @@ def width_scores(model: nn.Module, g: WidthGroup, importance: str, calib: list[A
         sums.add_(x.abs().mean(0))
         counts[0] += 1
 
-    hooks = [m.register_forward_pre_hook(hook) for m in readers]
-    try:
-        with torch.no_grad():
-            for batch in calib or []:
-                call_model(model, batch)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_hooks(model, calib or [], [m.register_forward_pre_hook(hook) for m in readers])
     return (sums / max(counts[0], 1)).float()
 
 

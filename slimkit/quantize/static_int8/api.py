@@ -15,7 +15,7 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.errors import UnsupportedModelError
-from slimkit.core.inputs import call_model
+from slimkit.core.inputs import call_model, run_with_hooks
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import matching_names, select_modules, tied_weight_names
@@ -190,13 +190,8 @@ def _region_inputs(model: nn.Module, regions: list[str], batch: Any) -> dict[str
                 seen[name] = tuple(a.detach() for a in args) if plain else None
         return fn
 
-    handles = [model.get_submodule(r).register_forward_pre_hook(hook(r), with_kwargs=True) for r in regions]
-    try:
-        with torch.no_grad():
-            call_model(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, [batch], [model.get_submodule(r).register_forward_pre_hook(hook(r), with_kwargs=True)
+                                    for r in regions])
     return seen
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.core.inputs import call_model, output_tensor
+from slimkit.core.inputs import call_model, output_tensor, run_with_hooks
 
 __all__ = ["block_influence", "output_drift", "choose_blocks", "block_io_tensor"]
 
@@ -56,13 +56,7 @@ def block_influence(model: nn.Module, blocks: Sequence[nn.Module], batches: Sequ
             counts[i] += cos.numel()
         return fn
 
-    handles = [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
-    try:
-        for batch in batches:
-            call_model(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, batches, [b.register_forward_hook(hook(i), with_kwargs=True) for i, b in enumerate(blocks)])
     return [s / max(c, 1) for s, c in zip(sums, counts)]
 
 
