@@ -1,8 +1,10 @@
 """Statistics hooks for weight-only quantization's sequential calibration.
 
 The block-by-block runner itself is shared with pruning (:mod:`slimkit.core.sequential`); this
-module adds what GPTQ / AWQ / mixed need on top: the chosen layers inside a block, and forward
-hooks that hand each layer's input to a statistics accumulator.
+module adds what GPTQ / AWQ / mixed need on top: the chosen layers inside a block, forward hooks
+that hand each layer's input to a statistics accumulator, and the driver of the methods that
+replace every layer from its statistics (GPTQ, AWQ), the counterpart of pruning's
+:func:`slimkit.prune.calibration.calibrate_and_prune`.
 """
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.core.context import RunContext
 from slimkit.core.sequential import run_blocks
+from slimkit.quantize.weight_only.apply import install, quantize_heads, select_linears
+from slimkit.quantize.weight_only.config import WeightOnlyConfig
 
-__all__ = ["run_blocks", "block_layers", "StatsHook"]
+__all__ = ["run_blocks", "block_layers", "StatsHook", "calibrate_and_quantize"]
 
 
 def block_layers(block_name: str, block: nn.Module, chosen: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -45,3 +50,35 @@ class StatsHook:
 
     def __exit__(self, *exc: Any) -> None:
         self.remove()
+
+
+def calibrate_and_quantize(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext, step: str,
+                           make_stats: Callable[[str, nn.Linear], Any],
+                           make_layer: Callable[[str, nn.Linear, Any], nn.Module]) -> int:
+    """Replace every selected Linear, one block at a time, by ``make_layer(name, linear, stats)``.
+
+    ``make_stats(name, linear)`` builds an accumulator with ``add(x2d)``, fed the layer's inputs
+    while the block runs on the outputs of the already-quantized prefix. Linears outside the
+    calibrated blocks are reported as skipped; the head / embeddings follow ``cfg``. Returns how
+    many layers were replaced.
+    """
+    calib = ctx.require("calib", step)
+    chosen = dict(select_linears(model, cfg, ctx, "quantize"))
+    done: list[str] = []
+
+    def visit(block_name: str, block: nn.Module, replay: Callable[[], None]) -> None:
+        local = block_layers(block_name, block, chosen)
+        if not local:
+            return
+        stats = {n: make_stats(n, m) for n, m in local.items()}
+        with StatsHook(local, lambda n, x: stats[n].add(x)):
+            replay()
+        for name, linear in local.items():
+            install(model, name, make_layer(name, linear, stats.pop(name)))
+            done.append(name)
+
+    run_blocks(model, calib, visit, ctx.progress)
+    for name in sorted(set(chosen) - set(done)):
+        ctx.skip(name, "Linear outside the calibrated blocks was never reached by calibration data")
+    quantize_heads(model, cfg, ctx)
+    return len(done)
