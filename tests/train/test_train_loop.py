@@ -67,10 +67,35 @@ def test_cosine_schedule_with_warmup_follows_the_formula() -> None:
     assert [lr_factor(s, step_opts, 9) for s in (0, 3, 6)] == [1.0, 0.5, 0.25]
 
 
-def test_clip_norm_keeps_huge_lr_finite() -> None:
-    model = _model()
-    res = train(model, _data(), _ce, TrainOptions(steps=30, lr=0.5, optimizer="sgd", clip_norm=0.1))
-    assert all(math.isfinite(h["loss"]) for h in res["history"])
+def _one_sgd_step_update(clip_norm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(applied update, raw gradient) of one plain SGD step (lr 1, no momentum) on a loss whose
+    gradient is huge and known in closed form: loss = 1000 * sum(W x) -> dL/dW = 1000 * sum_rows(x)."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3, bias=False)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    before = model.weight.detach().clone()
+    grad = 1000.0 * x.sum(0).expand(3, 4)
+    train(model, [x], lambda m, b: 1000.0 * m(b).sum(),
+          TrainOptions(steps=1, lr=1.0, optimizer="sgd", momentum=0.0, clip_norm=clip_norm, shuffle=False))
+    return model.weight.detach() - before, grad
+
+
+def test_clip_norm_scales_the_applied_gradient_to_the_cap() -> None:
+    """With clip_norm=c the step applies -c * g / ||g||: its norm is c (<= c + eps); without
+    clipping the same step has the raw norm ||g|| >> c. Fails if clipping is off or misapplied."""
+    cap = 0.5
+    clipped, grad = _one_sgd_step_update(cap)
+    raw, _ = _one_sgd_step_update(None)
+    assert float(grad.norm()) > 100 * cap  # the loss really has a huge gradient
+    assert torch.allclose(raw, -grad, rtol=1e-5)  # unclipped: the full gradient
+    assert float(clipped.norm()) <= cap + 1e-5
+    assert float(clipped.norm()) == pytest.approx(cap, rel=1e-4)  # clipped to the cap, not beyond it
+    assert torch.allclose(clipped, -grad * (cap / grad.norm()), rtol=1e-4, atol=1e-7)  # same direction
+
+
+def test_clip_norm_leaves_small_gradients_alone() -> None:
+    clipped, grad = _one_sgd_step_update(1e9)
+    assert torch.allclose(clipped, -grad, rtol=1e-5)
 
 
 def test_early_stopping_restores_best_weights() -> None:
