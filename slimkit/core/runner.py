@@ -16,7 +16,7 @@ from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.inputs import check_inputs
 from slimkit.core.recipe import Recipe
-from slimkit.measure._modelstate import eval_mode
+from slimkit.core.modelstate import eval_mode
 
 __all__ = ["compress", "Result", "SPEED_GUARD_TOLERANCE"]
 

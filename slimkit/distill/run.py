@@ -12,7 +12,7 @@ from slimkit.core.errors import ConfigError, DataError
 from slimkit.distill.engine import DistillObjective, LossSpec, attention_implementation, split_distill_batch
 from slimkit.distill.options import DistillOptions
 from slimkit.distill.students import build_student
-from slimkit.measure._modelstate import eval_mode
+from slimkit.core.modelstate import eval_mode
 from slimkit.train.loop import train
 
 __all__ = ["run_distill", "pick_teacher", "check_module_names"]

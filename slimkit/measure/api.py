@@ -13,7 +13,7 @@ from torch import nn
 
 from slimkit.core.inputs import ModelInputs, check_inputs, move_inputs
 from slimkit.measure import size
-from slimkit.measure._modelstate import eval_mode, model_device
+from slimkit.core.modelstate import eval_mode, model_device
 from slimkit.measure.latency import measure_latency
 from slimkit.measure.macs import count_macs
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from slimkit.core.errors import ConfigError
 from slimkit.core.inputs import ModelInputs, call_model, move_inputs
-from slimkit.measure._modelstate import eval_mode, model_device
+from slimkit.core.modelstate import eval_mode, model_device
 
 __all__ = ["measure_latency", "compare_latency", "runtime_name", "DEFAULT_RUNTIME"]
 

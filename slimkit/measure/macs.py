@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from slimkit.core.inputs import ModelInputs, call_model, move_inputs
-from slimkit.measure._modelstate import eval_mode, model_device
+from slimkit.core.modelstate import eval_mode, model_device
 
 __all__ = ["count_macs"]
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from slimkit.core.errors import ConfigError, DataError, SlimkitError
 from slimkit.core.inputs import ModelInputs, call_model, move_inputs, output_tensor
-from slimkit.measure._modelstate import eval_mode, model_device
+from slimkit.core.modelstate import eval_mode, model_device
 
 __all__ = [
     "Evaluator",

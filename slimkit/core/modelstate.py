@@ -1,7 +1,8 @@
 """Where a model lives and how to run it for measurement without changing it.
 
-Shared by the latency, MAC and quality measurements: each needs the model's device (to move
-inputs there) and eval mode (dropout off) without leaving the caller's model altered.
+Shared by the runner, distillation and the latency, MAC and quality measurements: each needs the
+model's device (to move inputs there) and eval mode (dropout off) without leaving the caller's
+model altered.
 """
 from __future__ import annotations
 
