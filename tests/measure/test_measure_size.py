@@ -1,14 +1,14 @@
 """Parameter counts, non-zero counts and checkpoint bytes."""
 from __future__ import annotations
 
-import sys
-import types
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import slimkit as sk
 from slimkit.measure import checkpoint_bytes, count_nonzero, count_params
 from slimkit.measure.size import weight_tensors
 
@@ -76,22 +76,40 @@ def test_shared_module_counts_once() -> None:
     assert count_params(model) == 20
 
 
-def test_checkpoint_bytes_sums_every_written_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_save(model: nn.Module, out_dir: Path, *, overwrite: bool = False, report: object = None) -> Path:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True)
-        (out_dir / "model.safetensors").write_bytes(b"x" * 1000)
-        (out_dir / "slimkit.json").write_bytes(b"{}")
-        return out_dir
-
-    fake_module = types.ModuleType("slimkit.io.checkpoint")
-    fake_module.save = fake_save  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "slimkit.io.checkpoint", fake_module)
-    assert checkpoint_bytes(nn.Linear(2, 2)) == 1002
+def _files_bytes(directory: Path) -> int:
+    """Real on-disk bytes of every file a checkpoint directory holds."""
+    return sum(os.path.getsize(p) for p in directory.rglob("*") if p.is_file())
 
 
-def test_checkpoint_bytes_with_real_save() -> None:
-    """Needs slimkit.io.checkpoint.save; the fp32 weights alone are 4 bytes per parameter."""
-    model = nn.Linear(64, 32)
-    n_bytes = checkpoint_bytes(model)
-    assert 4 * count_params(model) < n_bytes < 4 * count_params(model) + 64 * 1024
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def test_measured_bytes_equal_the_saved_checkpoint_files(tmp_path: Path) -> None:
+    """``sk.measure``'s bytes are the bytes of the files ``sk.save`` writes, headers and manifest included."""
+    model = _mlp()
+    out = sk.save(model, tmp_path / "fp32")
+    on_disk = _files_bytes(Path(out))
+    assert (Path(out) / "model.safetensors").is_file()
+    assert sk.measure(model, latency=False)["bytes"] == on_disk == checkpoint_bytes(model)
+    params = count_params(model)
+    assert 4 * params < on_disk < 4 * params + 16 * 1024  # fp32 tensors plus small headers
+
+
+def test_int8_checkpoint_shrinks_by_the_ratio_the_parameter_counts_give(tmp_path: Path) -> None:
+    """dynamic_int8 stores each Linear weight as 1 byte per element plus one fp32 scale per output
+    row, and keeps biases fp32: int8 bytes / fp32 bytes = (W + 4 (B + rows)) / (4 (W + B))."""
+    model = _mlp()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    weights = sum(m.weight.numel() for m in linears)
+    biases = sum(m.bias.numel() for m in linears)
+    rows = sum(m.out_features for m in linears)
+    expected = (weights + 4 * (biases + rows)) / (4 * (weights + biases))
+
+    quantized = sk.compress(model, {"steps": [{"quantize": {"method": "dynamic_int8"}}]},
+                            calib=[torch.randn(4, 256)], progress=False).model
+    fp32_bytes = _files_bytes(Path(sk.save(model, tmp_path / "fp32")))
+    int8_bytes = _files_bytes(Path(sk.save(quantized, tmp_path / "int8")))
+    assert sk.measure(quantized, latency=False)["bytes"] == int8_bytes
+    assert int8_bytes / fp32_bytes == pytest.approx(expected, abs=0.01)  # ~0.26, headers aside
