@@ -18,7 +18,7 @@ from slimkit.core.registry import STEP_NAMES, methods_of
 from slimkit.core.runner import Result, compress
 from slimkit.io.checkpoint import load, save
 from slimkit import measure
-from slimkit.measure import Accuracy, Agreement, CosineFidelity, Perplexity, as_evaluator
+from slimkit.measure import Accuracy, Agreement, CosineFidelity, Perplexity, TopKAgreement, as_evaluator
 from slimkit.report import Report
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Accuracy",
     "CosineFidelity",
     "Agreement",
+    "TopKAgreement",
     "as_evaluator",
     "STEP_NAMES",
     "methods_of",

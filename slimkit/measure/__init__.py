@@ -2,14 +2,22 @@
 
 ``measure(model, example_inputs)`` gives the size/compute/speed dictionary the runner records;
 the evaluators (:class:`Perplexity`, :class:`Accuracy`, :class:`CosineFidelity`,
-:class:`Agreement`, or any ``model -> float`` callable via :func:`as_evaluator`) score quality.
+:class:`Agreement`, :class:`TopKAgreement`, or any ``model -> float`` callable via :func:`as_evaluator`) score quality.
 """
 from __future__ import annotations
 
 from slimkit.measure.api import measure
 from slimkit.measure.latency import compare_latency, measure_latency
 from slimkit.measure.macs import count_macs
-from slimkit.measure.quality import Accuracy, Agreement, CosineFidelity, Evaluator, Perplexity, as_evaluator
+from slimkit.measure.quality import (
+    Accuracy,
+    Agreement,
+    CosineFidelity,
+    Evaluator,
+    Perplexity,
+    TopKAgreement,
+    as_evaluator,
+)
 from slimkit.measure.size import checkpoint_bytes, count_nonzero, count_params
 
 __all__ = [
@@ -25,6 +33,7 @@ __all__ = [
     "Accuracy",
     "CosineFidelity",
     "Agreement",
+    "TopKAgreement",
     "as_evaluator",
 ]
 

@@ -2,7 +2,7 @@
 
 An evaluator has a ``name``, says whether ``higher_is_better``, and is called with a model to
 return a float. Evaluators that compare against the uncompressed model (:class:`CosineFidelity`,
-:class:`Agreement`) also have ``prepare(reference_model)``, which the runner calls once with the
+:class:`Agreement`, :class:`TopKAgreement`) also have ``prepare(reference_model)``, which the runner calls once with the
 model before compression. Every evaluator runs the model in eval mode under ``torch.no_grad()``
 with each batch moved to the model's device, and leaves the model's training flags as it found
 them. Batches are materialised into a list once, so every model sees the same data in the same
@@ -28,6 +28,7 @@ __all__ = [
     "Accuracy",
     "CosineFidelity",
     "Agreement",
+    "TopKAgreement",
     "as_evaluator",
     "IGNORE_INDEX",
 ]
@@ -180,6 +181,57 @@ class Agreement:
         return agree / total
 
 
+class TopKAgreement:
+    """Top-1 and top-k agreement with the reference (fp32) model's predictions (higher is better).
+
+    There are no ground-truth labels for held-out natural photos, so the reference model's own
+    top-1 class stands in for the label, as in ImageNet accuracy but measured against the
+    uncompressed model: **top-1 agreement** is the fraction of examples whose argmax equals the
+    reference's argmax; **top-k agreement** the fraction whose top ``k`` classes contain the
+    reference's argmax. ``batches`` are model inputs whose output is logits [B, C] (or [B, L, C]
+    with an ``attention_mask`` [B, L], masked positions skipped). Call ``prepare(reference_model)``
+    first. A call returns the top-1 agreement and sets ``last_top1`` and ``last_topk``;
+    :meth:`scores` returns both as ``{"top1": ..., "top{k}": ...}``.
+    """
+
+    name = "top1_agreement"
+    higher_is_better = True
+
+    def __init__(self, batches: Iterable[Any], *, k: int = 5) -> None:
+        if not _is_int(k) or k < 2:
+            raise ConfigError(f"TopKAgreement: k must be an integer >= 2, got {k!r}")
+        self.k = k
+        self.batches: list[ModelInputs] = _batch_list(batches, "TopKAgreement")
+        self._reference: list[torch.Tensor] | None = None
+        self.last_top1: float | None = None
+        self.last_topk: float | None = None
+
+    def prepare(self, reference_model: nn.Module) -> None:
+        """Compute and keep (on CPU) the reference model's top-1 class of every example."""
+        self._reference = _run_batches(reference_model, self.batches, _top1)
+
+    def __call__(self, model: nn.Module) -> float:
+        """Top-1 agreement of ``model`` with the reference (also sets ``last_top1``/``last_topk``)."""
+        return self.scores(model)["top1"]
+
+    def scores(self, model: nn.Module) -> dict[str, float]:
+        """``{"top1": agreement, "top{k}": agreement}`` of ``model`` with the reference."""
+        reference = _require_reference(self._reference, "TopKAgreement")
+        k = self.k
+        predictions = _run_batches(model, self.batches, lambda inputs, output: _top1_and_topk(output, k))
+        hits1 = hitsk = total = 0
+        for index, ((top1, topk), ref) in enumerate(zip(predictions, reference)):
+            _check_same_shape(top1, ref, f"TopKAgreement: batch {index}: predictions vs reference")
+            keep = _position_mask(self.batches[index], ref.shape)
+            hits1 += int((top1 == ref)[keep].sum())
+            hitsk += int((topk == ref.unsqueeze(-1)).any(dim=-1)[keep].sum())
+            total += int(keep.sum())
+        if total == 0:
+            raise DataError("TopKAgreement: every position is masked out; nothing to compare")
+        self.last_top1, self.last_topk = hits1 / total, hitsk / total
+        return {"top1": self.last_top1, f"top{k}": self.last_topk}
+
+
 class _FunctionEvaluator:
     """A plain ``model -> float`` function seen as an evaluator (higher is better)."""
 
@@ -261,6 +313,18 @@ def _nll_and_count(inputs: Mapping[str, torch.Tensor], output: Any) -> tuple[flo
 def _top1(inputs: ModelInputs, output: Any) -> torch.Tensor:
     """Argmax over the last dimension of the output tensor, on CPU."""
     return output_tensor(output).argmax(dim=-1).cpu()
+
+
+def _top1_and_topk(output: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax and the indices of the ``k`` largest logits over the last dimension, on CPU.
+
+    The argmax is taken as in :func:`_top1` (not as ``topk``'s first index) so that ties break
+    the same way as for the reference, and a model always agrees with itself.
+    """
+    logits = output_tensor(output)
+    if logits.dim() == 0 or logits.shape[-1] < k:
+        raise DataError(f"TopKAgreement: the output has shape {tuple(logits.shape)}, fewer than k={k} classes")
+    return logits.argmax(dim=-1).cpu(), logits.topk(k, dim=-1).indices.cpu()
 
 
 def _embedding(inputs: ModelInputs, output: Any) -> torch.Tensor:

@@ -33,6 +33,15 @@ exact play lists and the markdown clean-up)
 ``digits`` (``sklearn.datasets.load_digits()``: 1,797 8x8 digits)
     Same API and rule with ``RandomState(0).permutation(1797)``: 1,257 ``train``, 270
     ``validation``, 270 ``test``; ``x`` is ``[B, 1, 8, 8]`` in [0, 1] (pixel / 16).
+
+``photos`` (21 real photographs shipped by scikit-image, scikit-learn and matplotlib)
+    Splits ``calib`` / ``train`` / ``test`` (5 / 8 / 8 photos), disjoint **by photo**: see
+    :mod:`slimkit.zoo.photos` for the photo lists. Calibrate on ``calib``, recovery-train on
+    ``train``, evaluate on ``test`` (e.g. with :class:`slimkit.measure.TopKAgreement`).
+    Returns ``list[Tensor]`` of float32 ``[B, 3, size, size]`` crops (no labels: ImageNet labels
+    do not exist for these photos). Options: ``crops_per_photo=8``, ``batch_size=16``,
+    ``size=224``, ``normalize="imagenet"`` (``"symmetric"`` = [-1, 1] for EfficientNet-Lite0,
+    ``"unit"`` = [0, 1]), ``seed=0``, ``max_batches=None``.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import torch
 
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.zoo.packages import require
+from slimkit.zoo.photos import PHOTO_SPLITS, photo_batches
 from slimkit.zoo.registry import data_entry
 from slimkit.zoo.shakespeare import SPLITS, play_names, split_plays
 
@@ -62,17 +72,28 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "mnist": {"batch_size": 64, "max_batches": None},
     "digits": {"batch_size": 64, "max_batches": None},
+    "photos": {
+        "crops_per_photo": 8,
+        "batch_size": 16,
+        "size": 224,
+        "normalize": "imagenet",
+        "seed": 0,
+        "max_batches": None,
+    },
 }
+_DATASET_SPLITS: dict[str, tuple[str, ...]] = {"photos": tuple(PHOTO_SPLITS)}
 _TOKENIZER_ONLY = ("seq_len", "batch_size", "max_batches")
 _SPLIT_SIZES: dict[str, tuple[int, int, int]] = {"mnist": (3500, 500, 1000), "digits": (1257, 270, 270)}
 
 
 def load_data(name: str, split: str = "test", **kwargs: Any) -> list[Any]:
-    """Load dataset ``name``'s ``split`` (``train``/``validation``/``test``) as described in the
-    module docstring; ``kwargs`` are the dataset's options (tokenizer, batch_size, ...)."""
+    """Load dataset ``name``'s ``split`` (``train``/``validation``/``test``; ``calib``/``train``/``test``
+    for ``photos``) as described in the module docstring; ``kwargs`` are the dataset's options
+    (tokenizer, batch_size, ...)."""
     entry = data_entry(name)
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(SPLITS)}")
+    splits = _DATASET_SPLITS.get(name, SPLITS)
+    if split not in splits:
+        raise ConfigError(f"unknown split {split!r} for dataset {name!r}; valid splits: {', '.join(splits)}")
     options = _options(name, kwargs)
     require(entry.packages, f"zoo dataset {name!r}")
     result = _LOADERS[name](split, **options)
@@ -216,6 +237,7 @@ def _digits(split: str, batch_size: int, max_batches: int | None) -> list[Any]:
 
 
 _LOADERS: dict[str, Callable[..., list[Any]]] = {
+    "photos": photo_batches,
     "shakespeare": _shakespeare,
     "shakespeare-lines": _shakespeare_lines,
     "mnist": _mnist,

@@ -125,6 +125,13 @@ DATASETS: dict[str, Entry] = {
             ("scikit-learn",),
             "scikit-learn's 1,797 8x8 digits, 1,257/270/270 train/validation/test, x [B,1,8,8] in [0,1].",
         ),
+        Entry(
+            "photos",
+            "data",
+            ("scikit-image", "scikit-learn", "matplotlib", "pillow"),
+            "21 real photos shipped by scikit-image, scikit-learn and matplotlib, split by photo "
+            "5/8/8 calib/train/test; crops [B,3,224,224] for image classifiers (no labels).",
+        ),
     )
 }
 

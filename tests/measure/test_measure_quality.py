@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import ConfigError, DataError, SlimkitError
-from slimkit.measure import Accuracy, Agreement, CosineFidelity, Evaluator, Perplexity, as_evaluator
+from slimkit.measure import Accuracy, Agreement, CosineFidelity, Evaluator, Perplexity, TopKAgreement, as_evaluator
 
 # Next-token distribution used by FixedDistributionLM: p(0)=1/2, p(1)=1/4, p(2)=p(3)=1/8.
 PROBS = torch.tensor([0.5, 0.25, 0.125, 0.125])
@@ -216,6 +216,95 @@ def test_agreement_known_case() -> None:
 def test_agreement_needs_prepare() -> None:
     with pytest.raises(SlimkitError, match="prepare"):
         Agreement([torch.randn(2, 2)])(nn.Identity())
+
+
+# --- TopKAgreement ----------------------------------------------------------------------------
+
+
+class TinyCNN(nn.Module):
+    """A small conv net with 10 classes: conv -> ReLU -> global average pool -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(2, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class PermutedLogits(nn.Module):
+    """The same CNN with its logits permuted per input; the input's pixel [1, 0, 0] says how.
+
+    0: untouched; 1: top-1 and top-2 classes swapped (the reference's class falls to rank 2:
+    top-1 disagrees, top-5 agrees); 2: top-1 and the lowest class swapped (falls to rank 10:
+    both disagree).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x).clone()
+        order = logits.argsort(dim=-1, descending=True)
+        for row, mode in enumerate(x[:, 1, 0, 0].round().long().tolist()):
+            if mode:
+                a, b = int(order[row, 0]), int(order[row, 1 if mode == 1 else -1])
+                logits[row, [a, b]] = logits[row, [b, a]]
+        return logits
+
+
+def _marked_images(modes: list[int]) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(len(modes), 2, 6, 6, generator=gen)
+    x[:, 1, 0, 0] = torch.tensor(modes, dtype=torch.float32)
+    return x
+
+
+def test_topk_agreement_of_a_model_with_itself_is_one() -> None:
+    net = TinyCNN()
+    evaluator = TopKAgreement([_marked_images([0, 1, 2, 0]), _marked_images([2, 2, 1])])
+    evaluator.prepare(net)
+    assert evaluator.scores(net) == {"top1": 1.0, "top5": 1.0}
+    assert evaluator(net) == 1.0 and evaluator.last_top1 == 1.0 and evaluator.last_topk == 1.0
+    assert evaluator.name == "top1_agreement" and evaluator.higher_is_better
+
+
+def test_topk_agreement_with_permuted_logits_known_value() -> None:
+    net = TinyCNN()
+    # 10 examples over 2 batches: 3 untouched, 4 with top-1/top-2 swapped, 3 with top-1/last swapped
+    batches = [_marked_images([0, 1, 2, 1, 0, 2]), _marked_images([1, 2, 0, 1])]
+    evaluator = TopKAgreement(batches)
+    evaluator.prepare(net)
+    assert evaluator.scores(PermutedLogits(net)) == {"top1": pytest.approx(3 / 10), "top5": pytest.approx(7 / 10)}
+    assert evaluator(PermutedLogits(net)) == pytest.approx(0.3) and evaluator.last_topk == pytest.approx(0.7)
+    top2 = TopKAgreement(batches, k=2)
+    top2.prepare(net)
+    assert top2.scores(PermutedLogits(net)) == {"top1": pytest.approx(0.3), "top2": pytest.approx(0.7)}
+
+
+def test_topk_agreement_rank_boundary() -> None:
+    """The reference's class at rank k counts for top-k, at rank k + 1 it does not."""
+    ref = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3]])  # reference class 0
+    at_rank5 = torch.tensor([[1.0, 8, 7, 6, 5, 0, 0]])  # class 0 is 5th of 7
+    at_rank6 = torch.tensor([[0.5, 8, 7, 6, 5, 4, 0]])  # class 0 is 6th of 7
+    evaluator = TopKAgreement([torch.ones(1, 7)])
+    evaluator.prepare(Scale(ref[0].tolist()))
+    assert evaluator.scores(Scale(at_rank5[0].tolist())) == {"top1": 0.0, "top5": 1.0}
+    assert evaluator.scores(Scale(at_rank6[0].tolist())) == {"top1": 0.0, "top5": 0.0}
+
+
+def test_topk_agreement_errors() -> None:
+    with pytest.raises(ConfigError, match="k must be"):
+        TopKAgreement([torch.randn(2, 8)], k=1)
+    with pytest.raises(SlimkitError, match="prepare"):
+        TopKAgreement([torch.randn(2, 8)])(nn.Identity())
+    evaluator = TopKAgreement([torch.randn(2, 3)])
+    evaluator.prepare(nn.Identity())
+    with pytest.raises(DataError, match="fewer than k=5"):
+        evaluator(nn.Identity())
 
 
 # --- as_evaluator -----------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def test_entries_list_every_model_and_dataset() -> None:
         "mobilenet-v2",
         "efficientnet-lite0",
     ]
-    assert zoo.data_names() == ["shakespeare", "shakespeare-lines", "mnist", "digits"]
+    assert zoo.data_names() == ["shakespeare", "shakespeare-lines", "mnist", "digits", "photos"]
     assert list(rows) == zoo.model_names() + zoo.data_names()
     for row in rows.values():
         assert set(row) == {"name", "kind", "hub_id", "package", "installed", "description"}
