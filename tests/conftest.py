@@ -99,6 +99,21 @@ def make_llama() -> Callable[..., nn.Module]:
 
 
 @pytest.fixture
+def make_gpt2() -> Callable[..., nn.Module]:
+    """A 2-layer GPT2LMHeadModel: its attention and MLP projections are HF ``Conv1D``, not Linear."""
+
+    def build(seed: int = 0) -> nn.Module:
+        import transformers
+
+        torch.manual_seed(seed)
+        cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, vocab_size=100,
+                                      n_positions=64, bos_token_id=0, eos_token_id=0)
+        return transformers.GPT2LMHeadModel(cfg).eval()
+
+    return build
+
+
+@pytest.fixture
 def token_batch() -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 100, (2, 12), generator=gen)

@@ -13,6 +13,7 @@ from torch import nn
 
 from slimkit.core import provenance
 from slimkit.core.context import RunContext
+from slimkit.core.conv1d import conv1d_as_linear
 from slimkit.core.errors import ConfigError, DataError
 from slimkit.core.inputs import check_inputs
 from slimkit.core.recipe import Recipe
@@ -150,6 +151,7 @@ def _run_step(work: nn.Module, step: Any, index: int, total: int, ctx: RunContex
         Console(stderr=True).print(f"[bold]step {index + 1}/{total}[/bold] {label}")
     ctx.begin_step()
     start = time.perf_counter()
+    _linearize_conv1d(work, ctx)
     out = step.spec.handler(work, step.config, ctx)
     work = (out if out is not None else work).eval()
     seconds = time.perf_counter() - start
@@ -159,3 +161,13 @@ def _run_step(work: nn.Module, step: Any, index: int, total: int, ctx: RunContex
                     metrics=metrics, previous=previous, notes=dict(ctx.notes), skipped=list(ctx.skipped),
                     tolerance=SPEED_GUARD_TOLERANCE)
     return work
+
+
+def _linearize_conv1d(work: nn.Module, ctx: RunContext) -> None:
+    """Hugging Face Conv1D layers become equivalent nn.Linear ones, so every Linear-handling step
+    handles GPT-2-style models (see :mod:`slimkit.core.conv1d`); the swap is noted on the step."""
+    converted, tied = conv1d_as_linear(work)
+    if converted:
+        ctx.note("conv1d_as_linear", len(converted))
+    for name in tied:
+        ctx.skip(name, "Conv1D with a shared weight: left as Conv1D (swapping it would untie the weight)")

@@ -8,8 +8,8 @@ A rule is one of:
   (``"re:.*\\.mlp\\..*"``), and the modules below them;
 * a class name (``"Conv2d"``, ``"LlamaAttention"``): modules of that class and the modules below.
 
-A rule that matches no module of the model raises :class:`ConfigError`, so a typo never turns
-into a silent no-op.
+A rule that matches no module of the model raises :class:`ConfigError`, and so does a selection
+that leaves no layer of the wanted types, so a typo never turns into a silent no-op.
 """
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ def select_modules(
     """Modules of ``types`` that ``targets`` cover (all, when None) minus those ``ignore`` covers.
 
     Returned in ``named_modules`` order. ``field`` prefixes error messages (e.g. ``"prune"``).
+    A selection that selects nothing (``targets: []``, or rules that cover no module of ``types``)
+    raises :class:`ConfigError`: a step that would silently do nothing is a mistake in the recipe.
     """
     wanted = matching_names(model, targets, f"{field}.targets") if targets is not None else None
     dropped = matching_names(model, ignore, f"{field}.ignore") if ignore else set()
@@ -70,6 +72,11 @@ def select_modules(
         if wanted is not None and name not in wanted:
             continue
         chosen.append((name, module))
+    if not chosen:
+        kinds = "/".join(t.__name__ for t in types)
+        raise ConfigError(
+            f"{field}: the selection targets={list(targets) if targets is not None else 'all'}, "
+            f"ignore={list(ignore)} selects no {kinds} layer of this model; name at least one such layer")
     return chosen
 
 

@@ -16,6 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from slimkit.core.inputs import call_model, output_tensor
+from slimkit.core.sequential import no_cache
 
 __all__ = ["build_graph", "candidate_groups", "units_to_prune", "group_ratios", "prune_group", "group_modules"]
 
@@ -26,7 +27,7 @@ def build_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """Trace ``model`` on ``example_inputs`` (tensor / tuple / dict) into a dependency graph."""
     return tp.DependencyGraph().build_dependency(
         model, example_inputs=example_inputs,
-        forward_fn=lambda m, x: call_model(m, x),
+        forward_fn=lambda m, x: call_model(m, no_cache(m, x)),  # a KV cache's concat confuses the graph
         output_transform=lambda out: output_tensor(out),
         verbose=False,
     )
