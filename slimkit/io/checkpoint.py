@@ -7,11 +7,8 @@ unpickles: tensors come only from safetensors, which stores raw bytes plus a JSO
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import struct
 import time
-import uuid
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -25,8 +22,10 @@ from slimkit.core import provenance
 from slimkit.core.errors import CheckpointError
 from slimkit.io.edits import replay_edits
 from slimkit.io.encodings import decode_tensor, encode_tensor
+from slimkit.io.outputs import atomic_dir, check_replaceable
 
-__all__ = ["save", "load", "read_manifest", "FORMAT_VERSION", "TENSOR_FILE", "MANIFEST_FILE", "atomic_dir"]
+__all__ = ["save", "load", "read_manifest", "read_tensors", "FORMAT_VERSION", "TENSOR_FILE", "MANIFEST_FILE",
+           "atomic_dir"]
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "model.safetensors"
@@ -44,15 +43,16 @@ def save(
 ) -> Path:
     """Write ``model`` to ``out_dir`` atomically; returns the directory path.
 
-    Refuses an existing ``out_dir`` unless ``overwrite=True``, and never writes over the directory
-    the model was loaded from. ``extra(tmp_dir)`` may write more files (e.g. report files) into the
+    Refuses an existing ``out_dir`` unless ``overwrite=True`` and it is a directory slimkit wrote
+    holding only slimkit's files (:func:`slimkit.io.outputs.check_replaceable`); never writes over
+    the directory the model was loaded from. ``extra(tmp_dir)`` may write more files (e.g. report files) into the
     directory before it is renamed into place, so they share its atomicity.
     """
     out = Path(out_dir).resolve()
     _check_target(model, out, overwrite)
     tensors, encodings, aliases = _encode_state(model)
     manifest = _manifest(model, encodings, aliases, report)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    with atomic_dir(out, overwrite=overwrite, kind="checkpoint") as tmp:
         save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "slimkit"})
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
         if extra is not None:
@@ -66,47 +66,7 @@ def _check_target(model: nn.Module, out: Path, overwrite: bool) -> None:
         src = Path(source).resolve()
         if out == src or out in src.parents:
             raise CheckpointError(f"refusing to write {out}: it holds {src}, the checkpoint this model was loaded from")
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"output directory {out} already exists; pass overwrite=True (--overwrite) to replace it")
-
-
-class atomic_dir:
-    """Context manager yielding a temp dir that becomes ``target`` only if the block succeeds."""
-
-    def __init__(self, target: Path, *, overwrite: bool = False) -> None:
-        self.target = target
-        self.overwrite = overwrite
-        self.tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp.mkdir()
-        return self.tmp
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        try:
-            self._commit()
-        except BaseException:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            raise
-
-    def _commit(self) -> None:
-        for f in self.tmp.iterdir():
-            f.chmod(0o644)  # safetensors writes 0600; a checkpoint is meant to be shared
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        old = None
-        if self.target.exists():
-            if not self.overwrite:
-                raise CheckpointError(f"output directory {self.target} appeared while writing")
-            old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.target, old)
-        os.replace(self.tmp, self.target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    check_replaceable(out, overwrite)
 
 
 def _encode_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, str]]:
@@ -163,7 +123,11 @@ def _base_reference(model: nn.Module) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- loading
 def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
-    """The parsed ``slimkit.json`` of a checkpoint directory (raises CheckpointError if invalid)."""
+    """The parsed ``slimkit.json`` of a checkpoint directory.
+
+    Raises :class:`CheckpointError` naming the file (and the key) when it is missing, not JSON, not
+    a slimkit manifest, from a newer format, or lacks a key loading needs (or has it of the wrong type).
+    """
     d = Path(ckpt_dir)
     if not d.is_dir():
         raise CheckpointError(f"checkpoint directory {str(d)!r} does not exist")
@@ -174,23 +138,44 @@ def read_manifest(ckpt_dir: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    if manifest.get("format") != "slimkit":
-        raise CheckpointError(f"{path} is not a slimkit manifest")
-    if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("format") != "slimkit":
+        raise CheckpointError(f"{path} is not a slimkit manifest (no \"format\": \"slimkit\")")
+    _check_manifest_keys(manifest, path)
+    if manifest["format_version"] > FORMAT_VERSION:
         raise CheckpointError(f"{path} has format version {manifest['format_version']}; this slimkit reads up to {FORMAT_VERSION}")
     return manifest
+
+
+#: keys of slimkit.json that loading reads: (type, required)
+_MANIFEST_KEYS: dict[str, tuple[type | tuple[type, ...], bool]] = {
+    "format_version": (int, True), "base": (dict, True), "encodings": (dict, True),
+    "edits": (list, False), "aliases": (dict, False), "recipe": ((dict, type(None)), False),
+}
+
+
+def _check_manifest_keys(manifest: dict[str, Any], path: Path) -> None:
+    for key, (kind, required) in _MANIFEST_KEYS.items():
+        if key not in manifest:
+            if required:
+                raise CheckpointError(f"{path} is malformed: key {key!r} is missing")
+            continue
+        value = manifest[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{path} is malformed: key {key!r} is a {type(value).__name__}, "
+                                  f"expected {getattr(kind, '__name__', 'object or null')}")
+    for name, record in manifest["encodings"].items():
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path} is malformed: encodings[{name!r}] is a {type(record).__name__}, expected an object")
 
 
 def load(ckpt_dir: str | Path, *, model: nn.Module | None = None) -> nn.Module:
     """Rebuild the architecture (or use ``model``), replay structural edits, load the tensors."""
     d = Path(ckpt_dir)
     manifest = read_manifest(d)
-    raw = _read_tensors(d / TENSOR_FILE)
-    net = model if model is not None else _rebuild_base(manifest["base"])
+    raw = read_tensors(d / TENSOR_FILE)
+    net = model if model is not None else _rebuild_base(manifest["base"], d / MANIFEST_FILE)
     replay_edits(net, manifest.get("edits", []))
-    state = {name: decode_tensor(name, rec, raw) for name, rec in manifest["encodings"].items()}
-    for alias, canonical in manifest.get("aliases", {}).items():
-        state[alias] = state[canonical]
+    state = _decode_state(manifest, raw, d / MANIFEST_FILE)
     _load_state(net, state)
     provenance.set_base(net, manifest["base"])
     for edit in manifest.get("edits", []):
@@ -201,7 +186,23 @@ def load(ckpt_dir: str | Path, *, model: nn.Module | None = None) -> nn.Module:
     return net.eval()
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _decode_state(manifest: dict[str, Any], raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Decode every tensor record; a record that names a missing key or tensor is a CheckpointError."""
+    state: dict[str, torch.Tensor] = {}
+    for name, record in manifest["encodings"].items():
+        try:
+            state[name] = decode_tensor(name, record, raw)
+        except (CheckpointError, KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            why = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+            raise CheckpointError(f"{path}: encodings[{name!r}] cannot be decoded ({why})") from None
+    for alias, canonical in manifest.get("aliases", {}).items():
+        if canonical not in state:
+            raise CheckpointError(f"{path} is malformed: aliases[{alias!r}] names {canonical!r}, which is not stored")
+        state[alias] = state[canonical]
+    return state
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """Read safetensors after checking the header, so a pickle or truncated file fails clearly."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing")
@@ -223,15 +224,10 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated: {exc}") from None
 
 
-def _rebuild_base(base: dict[str, Any]) -> nn.Module:
+def _rebuild_base(base: dict[str, Any], path: Path) -> nn.Module:
+    """The original architecture from the manifest's ``base`` record (``path`` names the manifest in errors)."""
     if "hf_class" in base:
-        import transformers
-
-        cls = getattr(transformers, base["hf_class"], None)
-        if cls is None:
-            raise CheckpointError(f"transformers has no class {base['hf_class']!r}")
-        config = cls.config_class.from_dict(base["hf_config"])
-        return cls(config)
+        return _rebuild_hf(base, path)
     if "zoo" in base:
         from slimkit import zoo
 
@@ -240,6 +236,24 @@ def _rebuild_base(base: dict[str, Any]) -> nn.Module:
         f"this checkpoint was made from a user model ({base.get('class', '?')}) that slimkit cannot rebuild; "
         "pass a fresh instance: sk.load(dir, model=MyNet())"
     )
+
+
+def _rebuild_hf(base: dict[str, Any], path: Path) -> nn.Module:
+    import transformers
+
+    name = base["hf_class"]
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
+        raise CheckpointError(f"{path}: base.hf_class = {name!r} is not a transformers model class "
+                              f"(transformers {transformers.__version__})")
+    config = base.get("hf_config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is malformed: base.hf_config is "
+                              f"{'missing' if config is None else 'a ' + type(config).__name__}, expected an object")
+    try:
+        return cls(cls.config_class.from_dict(config))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: base.hf_config does not build a {name}: {exc}") from None
 
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -13,6 +13,7 @@ import slimkit as sk
 import slimkit.io.checkpoint as ckpt
 from slimkit.core.errors import CheckpointError
 from slimkit.core.provenance import get_edits
+from slimkit.io.outputs import MARKER
 from slimkit.quantize.dynamic_int8 import Int8DynamicLinear
 
 PRUNE_INT8 = {"steps": [{"prune": {"method": "magnitude", "sparsity": 0.5}},
@@ -36,7 +37,7 @@ def test_hf_model_rebuilt_from_stored_config(make_bert, token_batch, tmp_path) -
     model = make_bert()
     out = sk.save(model, tmp_path / "bert")
     assert out == (tmp_path / "bert").resolve()
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "slimkit.json"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "model.safetensors", "slimkit.json"]
     loaded = sk.load(out)  # no model=: rebuilt from the config stored in slimkit.json
     assert type(loaded) is type(model) and loaded is not model
     assert loaded.config.hidden_size == 32 and loaded.config.num_hidden_layers == 2
@@ -142,7 +143,7 @@ def test_result_save_writes_report_files(make_mlp, tmp_path) -> None:
                       eval=lambda m: 0.5)
     out = res.save(tmp_path / "r")
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["model.safetensors", "report.json", "report.md", "report.png", "slimkit.json"]
+    assert names == [MARKER, "model.safetensors", "report.json", "report.md", "report.png", "slimkit.json"]
     assert json.loads((out / "slimkit.json").read_text())["report"]["steps"][0]["name"] == "prune"
     assert leftovers(tmp_path, "r") == []
 
@@ -227,26 +228,135 @@ def test_future_format_version_raises(make_mlp, tmp_path) -> None:
         sk.load(tmp_path / "x", model=make_mlp())
 
 
+def _edit_manifest(directory, change) -> str:  # noqa: ANN001
+    """Apply ``change(manifest)`` to ``directory/slimkit.json``; returns the file's path as text."""
+    path = directory / "slimkit.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return str(path)
+
+
+@pytest.mark.parametrize("key", ["base", "encodings", "format_version"])
+def test_manifest_missing_a_key_names_file_and_key(make_mlp, tmp_path, key) -> None:
+    sk.save(make_mlp(), tmp_path / "x")
+    path = _edit_manifest(tmp_path / "x", lambda m: m.pop(key))
+    with pytest.raises(CheckpointError, match=rf"{path} is malformed: key '{key}' is missing"):
+        sk.load(tmp_path / "x", model=make_mlp())
+
+
+def test_manifest_key_of_wrong_type_is_named(make_mlp, tmp_path) -> None:
+    sk.save(make_mlp(), tmp_path / "x")
+    _edit_manifest(tmp_path / "x", lambda m: m.update(edits={"op": "x"}))
+    with pytest.raises(CheckpointError, match="key 'edits' is a dict, expected list"):
+        sk.load(tmp_path / "x", model=make_mlp())
+
+
+def test_manifest_encoding_record_missing_a_key_is_named(make_mlp, tmp_path) -> None:
+    sk.save(make_mlp(), tmp_path / "x")
+    path = _edit_manifest(tmp_path / "x", lambda m: m["encodings"]["fc1.weight"].update(encoding="bitmask"))
+    with pytest.raises(CheckpointError, match=rf"{path}: encodings\['fc1.weight'\] cannot be decoded"):
+        sk.load(tmp_path / "x", model=make_mlp())
+
+
+@pytest.mark.parametrize("hf_class", ["NoSuchModelClass", "AutoTokenizer", "pipeline", 7])
+def test_unknown_hf_class_names_file_and_value(make_bert, tmp_path, hf_class) -> None:
+    sk.save(make_bert(), tmp_path / "b")
+    path = _edit_manifest(tmp_path / "b", lambda m: m["base"].update(hf_class=hf_class))
+    with pytest.raises(CheckpointError, match=rf"{path}: base.hf_class = {hf_class!r} is not a transformers model"):
+        sk.load(tmp_path / "b")
+
+
+def test_missing_hf_config_is_named(make_bert, tmp_path) -> None:
+    sk.save(make_bert(), tmp_path / "b")
+    _edit_manifest(tmp_path / "b", lambda m: m["base"].pop("hf_config"))
+    with pytest.raises(CheckpointError, match="base.hf_config is missing"):
+        sk.load(tmp_path / "b")
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "\"slimkit\""], ids=["garbage", "list", "string"])
+def test_manifest_that_is_not_a_json_object_names_the_file(make_mlp, tmp_path, text) -> None:
+    sk.save(make_mlp(), tmp_path / "x")
+    (tmp_path / "x" / "slimkit.json").write_text(text)
+    with pytest.raises(CheckpointError, match=str(tmp_path / "x" / "slimkit.json")):
+        sk.load(tmp_path / "x", model=make_mlp())
+
+
 # ----------------------------------------------------------------------------- overwriting
+def _user_dir(tmp_path):  # noqa: ANN001, ANN202
+    """A directory holding a user's file (and a sub-folder): slimkit must never touch it."""
+    target = tmp_path / "out"
+    (target / "sub").mkdir(parents=True)
+    (target / "keep.txt").write_text("mine")
+    (target / "sub" / "deep.txt").write_text("also mine")
+    return target
+
+
+def _assert_user_dir_intact(target) -> None:  # noqa: ANN001
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt", "sub"]
+    assert (target / "keep.txt").read_text() == "mine"
+    assert (target / "sub" / "deep.txt").read_text() == "also mine"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_users_directory_is_never_replaced(make_mlp, tmp_path, overwrite) -> None:
+    target = _user_dir(tmp_path)
+    with pytest.raises(CheckpointError, match=str(target)):
+        sk.save(make_mlp(), target, overwrite=overwrite)
+    _assert_user_dir_intact(target)
+    assert leftovers(tmp_path, "out") == []
+
+
+def test_a_file_is_never_replaced(make_mlp, tmp_path) -> None:
+    target = tmp_path / "out"
+    target.write_text("notes")
+    with pytest.raises(CheckpointError, match="is a file"):
+        sk.save(make_mlp(), target, overwrite=True)
+    assert target.read_text() == "notes"
+
+
 def test_existing_directory_refused_without_overwrite(make_mlp, tmp_path) -> None:
     target = tmp_path / "out"
-    target.mkdir()
-    (target / "keep.txt").write_text("mine")
+    sk.save(make_mlp(seed=1), target)
+    before = (target / "model.safetensors").read_bytes()
     with pytest.raises(CheckpointError, match="overwrite"):
-        sk.save(make_mlp(), target)
-    assert [p.name for p in target.iterdir()] == ["keep.txt"]
-    assert leftovers(tmp_path, "out") == []
+        sk.save(make_mlp(seed=2), target)
+    assert (target / "model.safetensors").read_bytes() == before
 
 
-def test_overwrite_replaces_directory(make_mlp, tmp_path) -> None:
+def test_overwrite_replaces_a_directory_slimkit_wrote(make_mlp, tmp_path) -> None:
     target = tmp_path / "out"
     sk.save(make_mlp(seed=1), target)
-    (target / "stale.txt").write_text("old")
+    marker = json.loads((target / MARKER).read_text())
+    assert marker["written_by"] == "slimkit" and marker["kind"] == "checkpoint"
+    assert marker["files"] == ["model.safetensors", "slimkit.json"]
     second = make_mlp(seed=2)
     sk.save(second, target, overwrite=True)
-    assert sorted(p.name for p in target.iterdir()) == ["model.safetensors", "slimkit.json"]
+    assert sorted(p.name for p in target.iterdir()) == [MARKER, "model.safetensors", "slimkit.json"]
     assert_same_state(second, sk.load(target, model=make_mlp(seed=3)))
     assert leftovers(tmp_path, "out") == []
+
+
+def test_a_file_added_to_a_slimkit_directory_is_kept(make_mlp, tmp_path) -> None:
+    """A user's file put into an old output makes it theirs too: refused, nothing touched."""
+    target = tmp_path / "out"
+    first = make_mlp(seed=1)
+    sk.save(first, target)
+    (target / "notes.md").write_text("my notes")
+    with pytest.raises(CheckpointError, match="notes.md"):
+        sk.save(make_mlp(seed=2), target, overwrite=True)
+    assert (target / "notes.md").read_text() == "my notes"
+    assert_same_state(first, sk.load(target, model=make_mlp()))
+
+
+def test_a_checkpoint_from_before_the_marker_is_replaceable(make_mlp, tmp_path) -> None:
+    target = tmp_path / "out"
+    sk.save(make_mlp(seed=1), target)
+    (target / MARKER).unlink()  # what a slimkit release without the marker wrote
+    second = make_mlp(seed=2)
+    sk.save(second, target, overwrite=True)
+    assert (target / MARKER).is_file()
+    assert_same_state(second, sk.load(target, model=make_mlp(seed=3)))
 
 
 def test_saving_onto_its_own_source_is_refused(make_bert, tmp_path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from slimkit.core.errors import CheckpointError
-from slimkit.io.checkpoint import _read_tensors
+from slimkit.io.checkpoint import read_tensors
 
 
 def _write_safetensors(path: Path, header_len: int) -> torch.Tensor:
@@ -30,11 +30,11 @@ def _write_safetensors(path: Path, header_len: int) -> torch.Tensor:
 def test_valid_file_whose_length_bytes_look_like_a_pickle_loads(tmp_path: Path, header_len: int) -> None:
     expected = _write_safetensors(tmp_path / "m.safetensors", header_len)
     assert (tmp_path / "m.safetensors").read_bytes()[:1] in (b"\x80", b"P")
-    assert torch.equal(_read_tensors(tmp_path / "m.safetensors")["w"], expected)
+    assert torch.equal(read_tensors(tmp_path / "m.safetensors")["w"], expected)
 
 
 def test_real_pickle_is_still_refused(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     path.write_bytes(pickle.dumps({"w": [1.0, 2.0]}, protocol=5))
     with pytest.raises(CheckpointError, match="pickle"):
-        _read_tensors(path)
+        read_tensors(path)
