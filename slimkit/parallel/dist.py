@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = [
     "unwrap_model",
     "all_reduce_mean",
     "local_device",
+    "training_device",
+    "note_strategy",
     "sharded_copy",
     "gather_sharded",
 ]
@@ -86,6 +89,35 @@ def local_device() -> torch.device:
     return torch.device("cpu")
 
 
+def training_device(model: nn.Module) -> torch.device:
+    """Where the training loop trains ``model``: this rank's GPU under nccl, else the device its
+    parameters are on (the CPU for a parameterless module). Call after :func:`ensure_process_group`."""
+    local = local_device()
+    if local.type == "cuda":
+        return local
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def note_strategy(strategy: str | None, ctx: Any = None) -> None:
+    """Say how a training run is parallelised: ``world_size`` and ``strategy`` notes on ``ctx`` (a
+    :class:`~slimkit.core.context.RunContext`) under a process group; a ``strategy`` asked for
+    explicitly without one (not launched by torchrun) trains in one process, which is never silent:
+    a warning plus a ``strategy`` note saying so."""
+    if is_distributed():
+        if ctx is not None:
+            ctx.note("world_size", world_size())
+            ctx.note("strategy", strategy or "ddp")
+        return
+    if strategy is None:
+        return
+    reason = ("not launched under torchrun" if "WORLD_SIZE" not in os.environ
+              else f"WORLD_SIZE={os.environ['WORLD_SIZE']}")
+    message = f"{strategy} requested, ran single-process: {reason}"
+    warnings.warn(f"strategy: {message} (start it with torchrun or slimkit compress --nproc N)", stacklevel=2)
+    if ctx is not None:
+        ctx.note("strategy", message)
+
+
 def _batch_len(batch: Any) -> int | None:
     if isinstance(batch, torch.Tensor):
         return batch.shape[0] if batch.dim() else None
@@ -124,12 +156,12 @@ def shard_batch(batch: Any, index: int, parts: int) -> Any:
     return _take(batch, n, index, parts)
 
 
-def wrap_model(model: nn.Module, strategy: str = "ddp") -> nn.Module:
+def wrap_model(model: nn.Module, strategy: str | None = "ddp") -> nn.Module:
     """``model`` wrapped for data-parallel training: DistributedDataParallel (sharing ``model``'s
     parameters), or for ``fsdp`` a sharded *copy* (:func:`sharded_copy`; its parameters are new
     DTensors: optimise those, then :func:`gather_sharded` the result back into ``model``).
 
-    Without a process group the model is returned as is.
+    ``strategy`` ``None`` means DDP. Without a process group the model is returned as is.
     """
     if not is_distributed():
         return model

@@ -118,6 +118,7 @@ def train(
     opts = opts.train_options() if type(opts) is not TrainOptions else opts
     data = _check_batches(batches)
     pdist.ensure_process_group()
+    pdist.note_strategy(opts.strategy, ctx)  # world size in the report; an unlaunched ddp/fsdp warns
     if pdist.local_device().type == "cuda":
         model.to(pdist.local_device())
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]

@@ -9,6 +9,10 @@ gradual pruning) embeds in its own config, so recipes spell them the same way ev
 # eval_every and checkpoint_dir are refused with fsdp (the sharded model is gathered only at the end)
 - distill: {method: logit, steps: 300, lr: 1.0e-4, strategy: fsdp}
 ```
+
+``strategy`` unset means DDP when launched by ``torchrun`` and a plain single process otherwise.
+A ``strategy`` set explicitly but run without a process group (no ``torchrun``, ``WORLD_SIZE``
+unset) trains in one process, with a warning and a ``strategy`` note in the step's report.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ __all__ = ["TrainOptions", "OPTIMIZERS", "SCHEDULERS", "STRATEGIES"]
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "linear", "step")
 #: how the loop parallelises under torchrun: DDP, or FSDP (fully_shard) for models too big to replicate
+#: (unset: DDP under torchrun, one process otherwise)
 STRATEGIES = ("ddp", "fsdp")
 
 
@@ -55,7 +60,7 @@ class TrainOptions(StepConfig):
     patience: int | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int | None = None
-    strategy: str = "ddp"
+    strategy: str | None = None
 
     def validate(self) -> None:
         self.validate_training()
@@ -92,7 +97,8 @@ class TrainOptions(StepConfig):
                 raise ConfigError("checkpoint_every needs checkpoint_dir (where the training state is written)")
         if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, str):
             raise ConfigError(f"checkpoint_dir must be a path string, got {self.checkpoint_dir!r}")
-        check_choice("strategy", self.strategy, STRATEGIES)
+        if self.strategy is not None:
+            check_choice("strategy", self.strategy, STRATEGIES)
         if self.strategy == "fsdp":
             for name in ("eval_every", "checkpoint_dir"):
                 if getattr(self, name) is not None:
