@@ -168,3 +168,42 @@ def test_keep_dynamic_by_name_and_save_load(tmp_path) -> None:
 def test_bad_graph_config_names_field(bad, field) -> None:
     with pytest.raises(sk.ConfigError, match=field):
         sk.Recipe.from_dict({"steps": [{"quantize": {"method": "static_int8", **bad}}]})
+
+
+class _Branchy(nn.Module):
+    """A conv stack whose forward branches on the data: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.relu = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.mean() > 100:  # data-dependent control flow
+            x = -x
+        return self.relu(self.bn(self.conv(x)))
+
+
+class _BranchyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = _Branchy(), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x).mean((2, 3))
+        return self.head(y) if y.sum() > -1e9 else y
+
+
+def test_untraceable_model_falls_back_per_layer_and_says_why() -> None:
+    torch.manual_seed(0)
+    model = _BranchyNet().eval()
+    x = images(1, 3)[0]
+    res = static(model, images(4, 2))
+    fallback = res.report.steps[0]["notes"]["fallback"]
+    # graph mode could not trace the region holding the conv: named, with torch.fx's reason
+    assert "graph mode" in fallback and "'body'" in fallback and "TraceError" in fallback
+    # nor the whole model: per-layer path without graph-based BN pairing / ReLU clamping, said so
+    assert "per-layer path" in fallback and "nn.Sequential" in fallback
+    assert isinstance(res.model.head, Int8StaticLinear)
+    assert type(res.model.body.conv).__name__ == "Int8StaticConv2d"
+    with torch.no_grad():
+        assert sqnr_db(model(x), res.model(x)) > 20  # still a working int8 model

@@ -133,3 +133,32 @@ def test_merge_config_errors() -> None:
         sk.Recipe.from_dict({"steps": [{"merge_layers": {"method": "similar", "merge_size": 1}}]})
     with pytest.raises(sk.ConfigError, match="'fold'"):
         sk.Recipe.from_dict({"steps": [{"merge_layers": {"method": "fold"}}]})
+
+
+class _Untraceable(nn.Module):
+    """Conv + BN in a Sequential, but the forward branches on the data: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.seq(x) if x.sum() > -1e9 else x
+
+
+def test_bn_fold_untraceable_model_reports_fallback() -> None:
+    torch.manual_seed(0)
+    net = _Untraceable().eval()
+    _randomize_bn(net)
+    x = torch.randn(2, 3, 8, 8)
+    res = _merge(net, {"method": "bn_fold"})
+    notes = res.report.to_dict()["steps"][0]["notes"]
+    assert notes["folded_batchnorms"] == 1  # found through the nn.Sequential rule
+    assert "TraceError" in notes["fallback"] and "nn.Sequential" in notes["fallback"]
+    assert (res.model(x) - net(x)).abs().max() < 1e-5
+
+
+def test_linear_fold_traced_model_has_no_fallback_note() -> None:
+    net = nn.Sequential(nn.Linear(8, 4), nn.Linear(4, 2)).eval()
+    notes = _merge(net, {"method": "linear_fold"}).report.to_dict()["steps"][0]["notes"]
+    assert notes["fused_linear_pairs"] == 1 and "fallback" not in notes

@@ -5,7 +5,10 @@ import dataclasses
 
 from slimkit.core.config import StepConfig, check_bool, check_choice, check_str_list
 
-__all__ = ["DynamicInt8Config"]
+__all__ = ["DynamicInt8Config", "TIED_REASON"]
+
+#: why an int8 method (dynamic, static, SmoothQuant) leaves a tied Linear alone by default
+TIED_REASON = "weight is tied to another module (set quantize_tied: true to store an int8 copy)"
 
 
 @dataclasses.dataclass

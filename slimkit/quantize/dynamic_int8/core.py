@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from slimkit.io.edits import register_module_kind
+from slimkit.quantize.static_int8.core import int8_runtime
 
 __all__ = ["quantize_per_channel", "Int8DynamicLinear"]
 
@@ -49,11 +50,15 @@ class Int8DynamicLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features, self.per_channel = in_features, out_features, per_channel
         self.activations = activations
-        self.slimkit_runtime = _RUNTIMES[activations]
         self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
         self.register_buffer("weight_scale", torch.ones(out_features if per_channel else 1))
         self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self._packed: Any = None
+
+    @property
+    def slimkit_runtime(self) -> str:
+        """The integer kernel where the weights are on the CPU, else the dequantized float path."""
+        return int8_runtime(_RUNTIMES[self.activations], self.weight_int8.device)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, per_channel: bool = True, activations: str = "per_token") -> "Int8DynamicLinear":

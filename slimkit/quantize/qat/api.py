@@ -4,16 +4,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.inputs import call_model, output_tensor
-from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
-from slimkit.core.select import select_modules
-from slimkit.io.edits import replace_module
-from slimkit.core.select import tied_weight_names
+from slimkit.core.swap import swap_layers, swappable_layers
+from slimkit.distill.losses import logit_kd
 from slimkit.quantize.dynamic_int8.core import Int8DynamicLinear
 from slimkit.quantize.qat.config import QATConfig
 from slimkit.quantize.qat.core import FakeQuantLayer, IntWeightLayer
@@ -24,45 +21,36 @@ __all__ = ["quantize_qat", "distill_loss"]
 
 
 def distill_loss(teacher: nn.Module, temperature: float) -> Any:
-    """``loss_fn(model, batch)``: KL(teacher ‖ student) of the softmax outputs at ``temperature``."""
+    """``loss_fn(model, batch)``: logit KD (:func:`slimkit.distill.losses.logit_kd`) from ``teacher``."""
     teacher.eval()
 
     def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
         inputs, _ = split_labels(batch)
         with torch.no_grad():
-            target = output_tensor(call_model(teacher, inputs)).float() / temperature
-        student = output_tensor(call_model(model, inputs)).float() / temperature
-        vocab = student.shape[-1]
-        return F.kl_div(F.log_softmax(student.reshape(-1, vocab), -1), F.log_softmax(target.reshape(-1, vocab), -1),
-                        reduction="batchmean", log_target=True) * temperature**2
+            target = output_tensor(call_model(teacher, inputs))
+        return logit_kd(output_tensor(call_model(model, inputs)), target, temperature)
 
     return loss_fn
 
 
 def _wrap(model: nn.Module, cfg: QATConfig, ctx: RunContext) -> list[str]:
+    """Fake-quantize the selected layers in place (a temporary swap: no edit recorded)."""
     types = tuple(getattr(nn, t) for t in cfg.layer_types)
-    tied = tied_weight_names(model)
-    names = []
-    for name, module in select_modules(model, types, targets=cfg.targets, ignore=cfg.ignore, field="quantize"):
-        if name in tied:
-            ctx.skip(name, "weight is tied to another module; its integer copy would untie it")
-            continue
-        replace_module(model, name, FakeQuantLayer(module, cfg.bits, cfg.per_channel))
-        names.append(name)
-    return names
+    layers = swappable_layers(model, types, ctx, targets=cfg.targets, ignore=cfg.ignore, field="quantize",
+                              tied_reason="weight is tied to another module; its integer copy would untie it")
+    return list(swap_layers(model, layers, lambda _, m: FakeQuantLayer(m, cfg.bits, cfg.per_channel), record=False))
+
+
+def _integer_layer(inner: nn.Module, cfg: QATConfig) -> nn.Module:
+    """The stored form of a trained layer: int8 Linear on the integer kernel, else integer weights."""
+    if cfg.bits == 8 and isinstance(inner, nn.Linear):
+        return Int8DynamicLinear.from_linear(inner, cfg.per_channel)
+    return IntWeightLayer.from_module(inner, cfg.bits, cfg.per_channel)
 
 
 def _convert(model: nn.Module, names: list[str], cfg: QATConfig) -> None:
-    for name in names:
-        inner = model.get_submodule(name).inner
-        if cfg.bits == 8 and isinstance(inner, nn.Linear):
-            new: nn.Module = Int8DynamicLinear.from_linear(inner, cfg.per_channel)
-            kind = "int8_dynamic_linear"
-        else:
-            new = IntWeightLayer.from_module(inner, cfg.bits, cfg.per_channel)
-            kind = "int_weight_layer"
-        replace_module(model, name, new)
-        record_edit(model, {"op": "replace_module", "path": name, "kind": kind, "spec": new.spec()})  # type: ignore[operator]
+    wrapped = [(name, model.get_submodule(name)) for name in names]
+    swap_layers(model, wrapped, lambda _, fake: _integer_layer(fake.inner, cfg))
 
 
 @register("quantize", "qat", QATConfig, needs=("train",))

@@ -45,7 +45,7 @@ class SmoothQuantLinear(Int8StaticLinear):
         super().__init__(in_features, out_features, bias, per_channel)
         self.activations = activations
         kernel = "fbgemm quantized::linear" if activations == "static" else "_int_mm"
-        self.slimkit_runtime = f"torch int8 ({kernel}, SmoothQuant, {activations} activations)"
+        self.kernel = f"torch int8 ({kernel}, SmoothQuant, {activations} activations)"  # CPU; see int8_runtime
         self.register_buffer("smooth", torch.ones(in_features))
 
     @classmethod

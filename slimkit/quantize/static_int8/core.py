@@ -9,18 +9,39 @@ safetensors of real int8 bytes; the kernels' packed forms are rebuilt lazily aft
 * :class:`Int8StaticConv2d`: fbgemm/x86 ``quantized::conv2d`` on quint8 activations with calibrated
   input and output (scale, zero point): quantize → integer conv → dequantize, per layer.
 * :class:`FoldedBatchNorm`: the identity left where a BatchNorm was folded into its conv.
+
+Also the math the ``static_int8`` handler orchestrates: weight scales from an observer
+(:func:`weight_scale`), BatchNorm folding into a float conv (:func:`folded_conv`), the int8 layer
+for one calibrated layer (:func:`static_layer`) and the per-layer output sensitivity that picks the
+layers kept dynamic (:func:`layer_sensitivity`).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from slimkit.io.edits import register_module_kind
+from slimkit.core.errors import UnsupportedModelError
+from slimkit.core.inputs import call_model
+from slimkit.io.edits import register_module_kind, replace_module
+from slimkit.quantize.observers import Observer, make_observer, qparams
 
-__all__ = ["Int8StaticLinear", "Int8StaticConv2d", "FoldedBatchNorm", "fold_batchnorm", "quantize_weight"]
+__all__ = ["Int8StaticLinear", "Int8StaticConv2d", "FoldedBatchNorm", "fold_batchnorm", "quantize_weight",
+           "weight_scale", "folded_conv", "static_layer", "layer_sensitivity", "int8_runtime"]
+
+
+def int8_runtime(kernel: str, device: torch.device) -> str:
+    """What an int8 layer whose weights live on ``device`` really executes.
+
+    The int8 layers call their integer kernel (``kernel``: fbgemm / ``_int_mm``) on the CPU only;
+    on any other device they dequantize the weights and run a float matmul, and say so.
+    """
+    if device.type == "cpu":
+        return kernel
+    return f"dequantized fp matmul on {device.type} (int8 weights; no int8 kernel used there)"
 
 
 def quantize_weight(weight: torch.Tensor, scale: torch.Tensor, bits: int = 8) -> torch.Tensor:
@@ -58,9 +79,18 @@ class FoldedBatchNorm(nn.Identity):
 
 
 class _LazyPacked(nn.Module):
-    """Caches the kernel's packed weight; dropped on state loading and on copying."""
+    """Caches the kernel's packed weight; dropped on state loading and on copying.
+
+    ``slimkit_runtime`` names the CPU ``kernel`` where the weights are on the CPU, else the
+    dequantized float path the layer really takes (:func:`int8_runtime`).
+    """
 
     _packed: Any = None
+    kernel: str = ""
+
+    @property
+    def slimkit_runtime(self) -> str:
+        return int8_runtime(self.kernel, self.weight_int8.device)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         self._packed = None
@@ -100,7 +130,7 @@ class Int8StaticLinear(_LazyPacked):
     saturation; ``reduce_range`` is not used).
     """
 
-    slimkit_runtime = "torch int8 (fbgemm quantized::linear, static activation qparams)"
+    kernel = "torch int8 (fbgemm quantized::linear, static activation qparams)"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, per_channel: bool = True) -> None:
         super().__init__()
@@ -171,7 +201,7 @@ class Int8StaticConv2d(_LazyPacked):
     """Conv2d on fbgemm/x86 ``quantized::conv2d``: quint8 activations (calibrated input and output
     ranges), int8 weights per output channel, int32 accumulation, dequantized fp32 output."""
 
-    slimkit_runtime = "torch int8 (fbgemm/x86 quantized::conv2d, static)"
+    kernel = "torch int8 (fbgemm/x86 quantized::conv2d, static)"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
                  padding: tuple[int, int], dilation: tuple[int, int], groups: int, per_channel: bool = True) -> None:
@@ -246,3 +276,70 @@ class Int8StaticConv2d(_LazyPacked):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, per_channel={self.per_channel}")
+
+
+def weight_scale(weight: torch.Tensor, observer: str, per_channel: bool, percentile: float = 99.99) -> torch.Tensor:
+    """Symmetric int8 weight scale ([out] per channel, [1] per tensor) from a weight observer."""
+    obs = make_observer(observer, 0 if per_channel else None, percentile=percentile)
+    obs.update(weight)
+    return qparams(*obs.range(), bits=8, symmetric=True)[0]
+
+
+def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A float Conv2d (with bias) computing ``bn(conv(x))`` in eval mode (see :func:`fold_batchnorm`)."""
+    weight, bias = fold_batchnorm(conv, bn)
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode)  # type: ignore[arg-type]
+    with torch.no_grad():
+        folded.weight.copy_(weight)
+        folded.bias.copy_(bias)
+    return folded
+
+
+def static_layer(module: nn.Module, w_scale: torch.Tensor, obs_in: Observer, obs_out: Observer | None,
+                 clamp: tuple[float, float] | None = None) -> nn.Module:
+    """The int8 layer for a calibrated Linear (input range) or Conv2d (input and output ranges).
+
+    ``clamp``: the range a following ReLU / ReLU6 keeps, applied to the conv's output range.
+    """
+    in_q = qparams(*obs_in.range(), symmetric=False)
+    if isinstance(module, nn.Linear):
+        return Int8StaticLinear.from_linear(module, w_scale, in_q)
+    lo, hi = obs_out.range()  # type: ignore[union-attr]
+    if clamp is not None:  # a ReLU/ReLU6 follows: only [0, 6] (or [0, hi]) survives it
+        lo, hi = lo.clamp(min=clamp[0]), hi.clamp(max=clamp[1])
+    return Int8StaticConv2d.from_float(module, module.weight, module.bias, w_scale, in_q,  # type: ignore[arg-type]
+                                       qparams(lo, hi, symmetric=False))
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    """The main output tensor of a model call (a tensor, a tuple's first item, a ModelOutput's first field)."""
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, dict):
+            out = next(iter(out.values()))
+        elif isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        else:
+            raise UnsupportedModelError(f"static_int8 auto_keep_dynamic needs a tensor output, got {type(out).__name__}")
+    return out.detach().float()
+
+
+def layer_sensitivity(model: nn.Module, candidates: dict[str, nn.Module], batches: list[Any]) -> dict[str, float]:
+    """Output SQNR (dB) on ``batches`` with only one layer swapped for its candidate, per layer.
+
+    The lower the SQNR, the more that layer's quantization alone costs: the measured per-layer
+    sensitivity used by ``auto_keep_dynamic``.
+    """
+    with torch.no_grad():
+        refs = [_first_tensor(call_model(model, b)) for b in batches]
+        out: dict[str, float] = {}
+        for name, cand in candidates.items():
+            original = model.get_submodule(name)
+            replace_module(model, name, cand)
+            try:
+                noise = sum(float((_first_tensor(call_model(model, b)) - r).pow(2).sum()) for b, r in zip(batches, refs))
+            finally:
+                replace_module(model, name, original)
+            signal = sum(float(r.pow(2).sum()) for r in refs)
+            out[name] = 10.0 * math.log10(signal / max(noise, 1e-30))
+    return out

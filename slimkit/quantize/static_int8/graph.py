@@ -34,12 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.core.fxtrace import trace_graph
+from slimkit.core.inputs import run_with_hooks
 from slimkit.io.edits import register_edit_op, register_module_kind, replace_module
 from slimkit.quantize.observers import make_observer, qparams
 from slimkit.quantize.static_int8.core import _LazyPacked
 
 __all__ = ["AoObserver", "QConv2dInt8", "QLinearInt8", "graph_regions", "prepare_region", "convert_region",
-           "clamp_to_activations", "build_region", "plain_state"]
+           "clamp_to_activations", "build_region", "plain_state", "conv_bn_pairs", "conv_activation_bounds",
+           "region_inputs", "float_modules"]
 
 _RELU_MODULES = {nn.ReLU: (0.0, math.inf), nn.ReLU6: (0.0, 6.0)}
 _RELU_FUNCTIONS = {torch.relu: (0.0, math.inf), nn.functional.relu: (0.0, math.inf), nn.functional.relu6: (0.0, 6.0)}
@@ -103,17 +106,13 @@ def _qconfig_mapping(spec: dict[str, Any]) -> Any:
     return mapping
 
 
-def _traces(module: nn.Module) -> bool:
-    try:
-        torch.fx.symbolic_trace(module)
-    except Exception:  # noqa: BLE001 - any tracing failure means "not a graph region"
-        return False
-    return True
-
-
-def graph_regions(model: nn.Module, selected: set[str]) -> list[str]:
+def graph_regions(model: nn.Module, selected: set[str], untraceable: dict[str, str] | None = None) -> list[str]:
     """Names of the largest proper submodules (never the root, which ``sk.load`` replays in place)
-    that contain a selected Conv2d, are not single layers, and trace with torch.fx."""
+    that contain a selected Conv2d, are not single layers, and trace with torch.fx.
+
+    A container that holds a selected conv but does not trace is searched below instead; its name
+    and torch.fx's reason go into ``untraceable`` (when given), for the step's report.
+    """
     regions: list[str] = []
 
     def visit(prefix: str, module: nn.Module) -> None:
@@ -123,13 +122,100 @@ def graph_regions(model: nn.Module, selected: set[str]) -> list[str]:
             convs = [s for s in inside if isinstance(model.get_submodule(s), nn.Conv2d)]
             if not convs or not list(child.children()):
                 continue
-            if _traces(child):
+            graph, reason = trace_graph(child)
+            if graph is not None:
                 regions.append(name)
             else:
+                if untraceable is not None:
+                    untraceable[name] = reason
                 visit(name + ".", child)
 
     visit("", model)
     return regions
+
+
+def conv_bn_pairs(model: nn.Module, graph: torch.fx.Graph | None) -> list[tuple[str, str]]:
+    """(conv, bn) names where a Conv2d's output feeds only a BatchNorm2d.
+
+    From ``graph`` (the model traced by torch.fx); without one (untraceable model), adjacent
+    children of ``nn.Sequential``.
+    """
+    if graph is None:
+        return _sequential_pairs(model)
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if node.args else None
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module"
+                and isinstance(modules.get(src.target), nn.Conv2d) and len(src.users) == 1):
+            pairs.append((str(src.target), str(node.target)))
+    return pairs
+
+
+def conv_activation_bounds(model: nn.Module, graph: torch.fx.Graph | None) -> dict[str, tuple[float, float]]:
+    """Convs whose output (through an optional BatchNorm) feeds only a ReLU / ReLU6: the range the
+    activation keeps. Clamping the conv's int8 output range to it is exact (the activation would
+    clamp those values anyway) and doubles the resolution of the part that matters. Needs the
+    traced ``graph``; none without one."""
+    if graph is None:
+        return {}
+    modules = dict(model.named_modules())
+    bounds = {}
+    for node in graph.nodes:
+        kind = type(modules.get(node.target)) if node.op == "call_module" else None
+        if kind not in _RELU_MODULES or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        src = node.args[0]
+        if src.op == "call_module" and isinstance(modules.get(src.target), nn.BatchNorm2d) and len(src.users) == 1:
+            src = src.args[0]
+        if (isinstance(src, torch.fx.Node) and src.op == "call_module" and isinstance(modules.get(src.target), nn.Conv2d)
+                and len(src.users) == 1):
+            bounds[str(src.target)] = _RELU_MODULES[kind]  # type: ignore[index]
+    return bounds
+
+
+def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    pairs = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            kids = list(module.named_children())
+            for (a, ma), (b, mb) in zip(kids, kids[1:]):
+                if isinstance(ma, nn.Conv2d) and isinstance(mb, nn.BatchNorm2d):
+                    prefix = f"{name}." if name else ""
+                    pairs.append((prefix + a, prefix + b))
+    return pairs
+
+
+def region_inputs(model: nn.Module, regions: list[str], batch: Any) -> dict[str, tuple[torch.Tensor, ...] | None]:
+    """The positional tensor inputs each region receives on one calibration batch (None: not plain tensors)."""
+    seen: dict[str, tuple[torch.Tensor, ...] | None] = {}
+
+    def hook(name: str) -> Any:
+        def fn(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if name not in seen:
+                plain = not kwargs and args and all(isinstance(a, torch.Tensor) for a in args)
+                seen[name] = tuple(a.detach() for a in args) if plain else None
+        return fn
+
+    run_with_hooks(model, [batch], [model.get_submodule(r).register_forward_pre_hook(hook(r), with_kwargs=True)
+                                    for r in regions])
+    return seen
+
+
+def float_modules(region: nn.Module, prefix: str, layers: dict[str, nn.Module] | set[str]) -> list[str]:
+    """Region-relative names of the largest submodules holding Conv2d/Linear layers none of which is
+    selected: they run in float as a whole (their ReLU6 / add too), e.g. ``ignore: [features.0]``."""
+    out: list[str] = []
+    for n, m in region.named_modules():
+        if not n or any(n.startswith(f + ".") for f in out):
+            continue
+        weighted = [f"{prefix}.{n}.{c}" if c else f"{prefix}.{n}" for c, sub in m.named_modules()
+                    if isinstance(sub, (nn.Conv2d, nn.Linear))]
+        if weighted and not any(w in layers for w in weighted):
+            out.append(n)
+    return out
 
 
 def prepare_region(region: nn.Module, spec: dict[str, Any], example: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:

@@ -1,6 +1,7 @@
 """``merge_layers`` handlers: bn_fold, linear_fold (exact) and similar (LaCo, calibrated)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +32,11 @@ def _selected(model: nn.Module, pairs: list[tuple[str, str]], cfg: MergeLayersCo
     return [(a, b) for a, b in pairs if a not in dropped and (wanted is None or a in wanted)]
 
 
+def _fallback(ctx: RunContext) -> Callable[[str], None]:
+    """Records a pair-finding fallback (untraceable model) in the step's ``fallback`` note."""
+    return lambda reason: ctx.note("fallback", reason)
+
+
 def _identity(model: nn.Module, path: str) -> None:
     replace_module(model, path, SpecIdentity())
     record_edit(model, {"op": "replace_module", "path": path, "kind": "identity", "spec": {}})
@@ -40,7 +46,7 @@ def _identity(model: nn.Module, path: str) -> None:
 def merge_bn_fold(model: nn.Module, cfg: MergeLayersConfig, ctx: RunContext) -> nn.Module:
     """Fold every eval-mode BatchNorm into the conv/linear that feeds it; the BN becomes Identity."""
     model.eval()
-    pairs = _selected(model, adjacent_pairs(model, CONV_TYPES, BN_TYPES), cfg)
+    pairs = _selected(model, adjacent_pairs(model, CONV_TYPES, BN_TYPES, on_fallback=_fallback(ctx)), cfg)
     for layer_name, bn_name in pairs:
         layer, bn = model.get_submodule(layer_name), model.get_submodule(bn_name)
         if bn.running_mean is None:
@@ -65,7 +71,7 @@ def merge_bn_fold(model: nn.Module, cfg: MergeLayersConfig, ctx: RunContext) -> 
 @register("merge_layers", "linear_fold", MergeLayersConfig)
 def merge_linear_fold(model: nn.Module, cfg: MergeLayersConfig, ctx: RunContext) -> nn.Module:
     """Fuse consecutive Linear layers with no nonlinearity between into one Linear."""
-    pairs = _selected(model, adjacent_pairs(model, (nn.Linear,), (nn.Linear,), PASSTHROUGH), cfg)
+    pairs = _selected(model, adjacent_pairs(model, (nn.Linear,), (nn.Linear,), PASSTHROUGH, _fallback(ctx)), cfg)
     done = 0
     used: set[str] = set()
     for a_name, b_name in pairs:

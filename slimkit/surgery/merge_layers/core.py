@@ -1,10 +1,13 @@
 """Math of layer merging: exact BN / linear folds, pair discovery, LaCo's parameter-difference merge."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+import torch.fx
 from torch import nn
+
+from slimkit.core.fxtrace import trace_graph
 
 __all__ = ["adjacent_pairs", "fold_bn", "fold_linear", "rdsc_merge", "CONV_TYPES", "BN_TYPES", "PASSTHROUGH"]
 
@@ -15,23 +18,25 @@ PASSTHROUGH = (nn.Dropout, nn.Identity)
 
 
 def adjacent_pairs(model: nn.Module, first: tuple[type, ...], second: tuple[type, ...],
-                   passthrough: tuple[type, ...] = ()) -> list[tuple[str, str]]:
+                   passthrough: tuple[type, ...] = (),
+                   on_fallback: Callable[[str], None] | None = None) -> list[tuple[str, str]]:
     """(producer, consumer) module names where the producer's output feeds only the consumer.
 
     torch.fx tracing finds them anywhere in a traceable model; otherwise adjacent children of
-    ``nn.Sequential`` containers are used (their order is their data flow).
+    ``nn.Sequential`` containers are used (their order is their data flow), and
+    ``on_fallback(reason)`` is told why, so the step can report it.
     """
-    try:
-        return _fx_pairs(model, first, second, passthrough)
-    except Exception:  # noqa: BLE001 - any tracing failure means "not traceable": fall back
+    graph, reason = trace_graph(model)
+    if graph is None:
+        if on_fallback is not None:
+            on_fallback(f"torch.fx cannot trace the model ({reason}); producer/consumer pairs taken from "
+                        "adjacent children of nn.Sequential only")
         return _sequential_pairs(model, first, second, passthrough)
+    return _fx_pairs(model, graph, first, second, passthrough)
 
 
-def _fx_pairs(model: nn.Module, first: tuple[type, ...], second: tuple[type, ...],
+def _fx_pairs(model: nn.Module, graph: torch.fx.Graph, first: tuple[type, ...], second: tuple[type, ...],
               passthrough: tuple[type, ...]) -> list[tuple[str, str]]:
-    import torch.fx
-
-    graph = torch.fx.symbolic_trace(model).graph
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
