@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from slimkit import zoo
+from slimkit import data, zoo
 from slimkit.core.errors import CheckpointError, ConfigError, DataError, SlimkitError, UnsupportedModelError
 from slimkit.core.recipe import Recipe, Step
 from slimkit.core.registry import STEP_NAMES, methods_of
@@ -31,6 +31,7 @@ __all__ = [
     "load",
     "measure",
     "zoo",
+    "data",
     "Report",
     "Perplexity",
     "Accuracy",

@@ -33,7 +33,7 @@ from torch import nn
 
 from slimkit.core.errors import ConfigError, SlimkitError
 from slimkit.core.provenance import set_base
-from slimkit.zoo import hf
+from slimkit.zoo import hf, local
 from slimkit.zoo.cache import cached_build
 from slimkit.zoo.hf_configs import HF_CONFIGS
 from slimkit.zoo.mobilenet import MobileNetV2
@@ -48,12 +48,15 @@ _MPNET_SKIP = {"desktop.ini"}
 
 
 def load_model(name: str) -> tuple[nn.Module, Any]:
-    """Load zoo model ``name`` (or ``"hf:org/name"``) with pretrained weights, in eval mode.
+    """Load zoo model ``name`` (or ``"hf:org/name"``, or a local Hugging Face directory holding
+    ``config.json`` + safetensors) with pretrained weights, in eval mode.
 
     Returns ``(model, tokenizer)``; the tokenizer is ``None`` for vision models. Raises
     :class:`ConfigError` for an unknown name and :class:`SlimkitError` naming the pip package to
     install when the weights package is missing.
     """
+    if isinstance(name, (str, Path)) and local.is_hf_dir(name):
+        return local.load_hf_dir(name)
     if isinstance(name, str) and name.startswith("hf:"):
         repo = hf.parse_hub_id(name)
         model, tokenizer = hf.load_hub(repo)
@@ -70,6 +73,8 @@ def build_model(name: str) -> nn.Module:
     Fast; used to rebuild a model before loading a saved state dict into it. Hugging Face zoo
     models are built from configs embedded in slimkit (:mod:`.hf_configs`).
     """
+    if isinstance(name, (str, Path)) and local.is_hf_dir(name):
+        return local.load_hf_dir(name)
     if isinstance(name, str) and name.startswith("hf:"):
         repo = hf.parse_hub_id(name)
         return _finish(hf.build_hub(repo), {"hf": repo})
