@@ -73,8 +73,6 @@ def build_model(name: str) -> nn.Module:
     Fast; used to rebuild a model before loading a saved state dict into it. Hugging Face zoo
     models are built from configs embedded in slimkit (:mod:`.hf_configs`).
     """
-    if isinstance(name, (str, Path)) and local.is_hf_dir(name):
-        return local.load_hf_dir(name)
     if isinstance(name, str) and name.startswith("hf:"):
         repo = hf.parse_hub_id(name)
         return _finish(hf.build_hub(repo), {"hf": repo})
