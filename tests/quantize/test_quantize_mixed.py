@@ -9,7 +9,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import slimkit as sk
 from slimkit.measure.size import weight_tensors
 from slimkit.quantize.mixed import FLOAT, layer_bytes, upgrade_path
-from slimkit.quantize.mixed.api import _calib_ppl
 from slimkit.quantize.weight_only import WeightOnlyLinear
 
 
@@ -66,7 +65,7 @@ def test_max_quality_drop_is_met_on_calibration(tmp_path) -> None:
     model = tiny_llama()
     res = mixed(model, bits_choices=[2, 4], allow_float=True, max_quality_drop=0.002, eval_batches=2)
     batches = calib()[:2]
-    assert _calib_ppl(res.model, batches) / _calib_ppl(model, batches) - 1 <= 0.002
+    assert sk.Perplexity(batches)(res.model) / sk.Perplexity(batches)(model) - 1 <= 0.002
     ids = {"input_ids": torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))}
     with torch.no_grad():
         out = res.model(**ids).logits

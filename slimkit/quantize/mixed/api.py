@@ -3,16 +3,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import math
-
 import torch
 from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError
-from slimkit.core.inputs import call_model, output_tensor
 from slimkit.core.registry import register
 from slimkit.io.edits import replace_module
+from slimkit.measure.quality import Perplexity
 from slimkit.measure.size import weight_tensors
 from slimkit.quantize.gptq.core import HessianAccumulator
 from slimkit.quantize.mixed.config import MixedConfig
@@ -62,19 +60,6 @@ def _assignment(path: list[tuple[str, int]], upto: int, names: list[str]) -> dic
     return level
 
 
-def _calib_ppl(model: nn.Module, batches: list) -> float:
-    """Perplexity on calibration batches (next-token NLL), only to compare assignments."""
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for b in batches:
-            logits = output_tensor(call_model(model, b)).float()
-            ids = b["input_ids"]
-            loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                               reduction="sum")
-            nll, count = nll + float(loss), count + ids[:, 1:].numel()
-    return math.exp(nll / max(count, 1))
-
-
 def _swap(model: nn.Module, layers: dict[str, nn.Linear], level: dict[str, int], levels: list[int],
           cfg: MixedConfig) -> None:
     """Put RTN layers (or the original float Linear) in place, without recording edits."""
@@ -105,12 +90,13 @@ def _quality_cut(path, cfg: MixedConfig, model: nn.Module, layers, levels, calib
     batches = [b for b in calib if isinstance(b, dict) and "input_ids" in b][:cfg.eval_batches]
     if not batches:
         raise ConfigError("max_quality_drop needs calibration batches with input_ids (a causal LM)")
-    base = _calib_ppl(model, batches)
+    ppl = Perplexity(batches)  # only to compare assignments: calibration batches, not held-out data
+    base = ppl(model)
     lo, hi = 0, len(path)  # find the smallest prefix whose ppl ratio meets the bound
     while lo < hi:
         mid = (lo + hi) // 2
         _swap(model, layers, _assignment(path, mid, list(layers)), levels, cfg)
-        ok = _calib_ppl(model, batches) / base - 1 <= cfg.max_quality_drop
+        ok = ppl(model) / base - 1 <= cfg.max_quality_drop
         hi, lo = (mid, lo) if ok else (hi, mid + 1)
     _swap(model, layers, {n: len(levels) - 1 for n in layers}, levels, cfg)  # restore float originals
     ctx.note("calib_ppl_fp32", round(base, 3))
