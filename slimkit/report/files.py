@@ -5,20 +5,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slimkit.io.checkpoint import atomic_dir
+from slimkit.io.outputs import atomic_dir, check_replaceable
 from slimkit.report.plot import render_plot
 
 __all__ = ["write_report_files", "write_report_into"]
 
 
-def write_report_files(report: Any, out_dir: str | Path, *, overwrite: bool = True) -> dict[str, str]:
-    """Write the three files; the directory appears complete or not at all."""
-    out = Path(out_dir).resolve()
-    if out.exists() and not overwrite:
-        from slimkit.core.errors import CheckpointError
+def write_report_files(report: Any, out_dir: str | Path, *, overwrite: bool = False) -> dict[str, str]:
+    """Write the three files; the directory appears complete or not at all.
 
-        raise CheckpointError(f"report directory {out} exists; pass overwrite=True")
-    with atomic_dir(out, overwrite=True) as tmp:
+    An existing ``out_dir`` is replaced only with ``overwrite=True`` and only if slimkit wrote it
+    (:func:`slimkit.io.outputs.check_replaceable`); a user's directory is refused, untouched.
+    """
+    out = Path(out_dir).resolve()
+    check_replaceable(out, overwrite, what="report directory")
+    with atomic_dir(out, overwrite=overwrite, kind="report") as tmp:
         write_report_into(report, tmp)
     return {k: str(out / f"report.{k}") for k in ("json", "md", "png")}
 

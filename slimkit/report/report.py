@@ -116,8 +116,12 @@ class Report:
 
         return render_markdown(self)
 
-    def save(self, out_dir: str, *, overwrite: bool = True) -> dict[str, str]:
-        """Write ``report.json``, ``report.md`` and ``report.png`` into ``out_dir``."""
+    def save(self, out_dir: str, *, overwrite: bool = False) -> dict[str, str]:
+        """Write ``report.json``, ``report.md`` and ``report.png`` into ``out_dir`` (atomically).
+
+        An existing ``out_dir`` is refused unless ``overwrite=True`` and slimkit wrote it; a
+        directory holding anything else is never touched (:class:`CheckpointError` names it).
+        """
         from slimkit.report.files import write_report_files
 
         return write_report_files(self, out_dir, overwrite=overwrite)

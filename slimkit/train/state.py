@@ -2,23 +2,26 @@
 step / scheduler / hyper-parameters / RNG bookkeeping in JSON. Never pickle.
 
 Each save writes a new ``step-NNNNNNNN`` directory atomically (temp dir + rename, see
-:class:`slimkit.io.checkpoint.atomic_dir`), then deletes the older ones, so at any instant the
+:class:`slimkit.io.outputs.atomic_dir`), then deletes the older ones, so at any instant the
 newest complete directory is a consistent state: a kill loses at most one checkpoint interval.
+Only ``step-*`` directories slimkit wrote (they carry its marker and nothing else) are ever
+replaced or deleted: anything else in ``checkpoint_dir`` is left alone. A state that cannot be
+read back (truncated, garbage, keys missing) is a :class:`CheckpointError` naming the file.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from slimkit.core.errors import CheckpointError
-from slimkit.io.checkpoint import atomic_dir
+from slimkit.io.checkpoint import read_tensors
+from slimkit.io.outputs import atomic_dir, is_slimkit_output, remove_output
 
 __all__ = ["TrainState", "save_train_state", "load_latest_train_state", "run_fingerprint"]
 
@@ -70,14 +73,13 @@ def save_train_state(directory: str | Path, state: dict[str, Any], model: nn.Mod
     tensors.update(opt_tensors)
     tensors["rng.torch"] = torch.get_rng_state()
     meta = dict(state, optimizer=opt_meta, scheduler=scheduler.state_dict() if scheduler is not None else None)
-    if target.exists():
-        shutil.rmtree(target)
-    with atomic_dir(target) as tmp:
+    # a state of the same step (a resumed run saving again) is replaced only if slimkit wrote it
+    with atomic_dir(target, overwrite=True, kind="train-state") as tmp:
         save_file(tensors, str(tmp / _TENSORS))
         (tmp / _META).write_text(json.dumps(meta, default=_jsonable))
     for old in root.glob(f"{_PREFIX}*"):
-        if old != target and old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
+        if old != target and is_slimkit_output(old):  # never a step-* folder slimkit did not write
+            remove_output(old)
     return target
 
 
@@ -104,11 +106,44 @@ def load_latest_train_state(directory: str | Path, model: nn.Module, optimizer: 
     latest = _latest(root) if root.exists() else None
     if latest is None:
         return None
-    meta = json.loads((latest / _META).read_text())
+    meta = _read_meta(latest / _META)
     if meta.get("fingerprint") != fingerprint:
         raise CheckpointError(f"checkpoint_dir {root} holds the state of a different run (other model, data "
                               f"size or step budget); use a new checkpoint_dir or delete {latest}")
-    tensors = load_file(str(latest / _TENSORS))
+    tensors = read_tensors(latest / _TENSORS)
+    try:
+        _restore(tensors, meta, model, optimizer, scheduler, params)
+    except (KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+        lines = str(exc).splitlines()
+        why = f"entry {exc.args[0]!r} is missing" if isinstance(exc, KeyError) and exc.args else \
+            f"{type(exc).__name__}: {lines[0] if lines else ''}"
+        raise CheckpointError(f"training state {latest} is corrupt or incomplete ({why}); "
+                              f"delete {latest} to start over") from None
+    drop = {"optimizer", "scheduler"}
+    return TrainState({k: v for k, v in meta.items() if k not in drop})
+
+
+#: keys of train_state.json a resume reads
+_META_KEYS = ("step", "fingerprint", "optimizer")
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The parsed ``train_state.json``; garbage, truncation or a missing key is a CheckpointError naming it."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"training state file {path} is not valid JSON ({exc}); "
+                              f"delete {path.parent} to start over") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"training state file {path} is a JSON {type(meta).__name__}, expected an object")
+    for key in _META_KEYS:
+        if key not in meta:
+            raise CheckpointError(f"training state file {path} is malformed: key {key!r} is missing")
+    return meta
+
+
+def _restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any, params: list[nn.Parameter]) -> None:
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
     owned = {id(p) for p in model.parameters()}
     with torch.no_grad():
@@ -119,8 +154,6 @@ def load_latest_train_state(directory: str | Path, model: nn.Module, optimizer: 
     if scheduler is not None and meta.get("scheduler") is not None:
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    drop = {"optimizer", "scheduler"}
-    return TrainState({k: v for k, v in meta.items() if k not in drop})
 
 
 def _optimizer_state(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 import slimkit as sk
+from slimkit.core.errors import CheckpointError
+from slimkit.io.outputs import MARKER
 from slimkit.report import RATIO_KEYS, Report, ratios
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,7 +83,7 @@ def test_markdown_has_a_row_per_step(compressed) -> None:
 def test_save_writes_json_markdown_png(compressed, tmp_path) -> None:
     paths = compressed.report.save(str(tmp_path / "rep"))
     out = tmp_path / "rep"
-    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "report.png"]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "report.json", "report.md", "report.png"]
     assert json.loads((out / "report.json").read_text())["steps"][1]["name"] == "quantize"
     assert (out / "report.md").read_text() == compressed.report.to_markdown()
     png = (out / "report.png").read_bytes()
@@ -112,3 +114,33 @@ def test_variants_report(tmp_path) -> None:
     assert "| slow ⚠ slower |" in md and "ppl (lower is better)" in md
     rep.save(str(tmp_path / "v"))
     assert (tmp_path / "v" / "report.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ----------------------------------------------------------------------------- never over a user's files
+def _small_report(quality: float) -> Report:
+    rep = Report(name="cmp", quality={"name": "ppl", "higher_is_better": False})
+    rep.add_variant("base", {"bytes": 1000, "latency_ms": 10.0, "quality": quality})
+    return rep
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_save_never_replaces_a_users_directory(tmp_path, overwrite) -> None:
+    """``Report.save`` used to default to overwrite=True and delete everything in the directory."""
+    target = tmp_path / "work"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    with pytest.raises(CheckpointError, match=str(target)):
+        _small_report(20.0).save(str(target), overwrite=overwrite)
+    assert [p.name for p in target.iterdir()] == ["thesis.tex"]
+    assert (target / "thesis.tex").read_text() == "years of work"
+
+
+def test_save_defaults_to_no_overwrite_and_replaces_its_own_report(tmp_path) -> None:
+    target = tmp_path / "rep"
+    _small_report(20.0).save(str(target))
+    with pytest.raises(CheckpointError, match="already exists"):
+        _small_report(30.0).save(str(target))
+    assert json.loads((target / "report.json").read_text())["variants"][0]["metrics"]["quality"] == 20.0
+    _small_report(30.0).save(str(target), overwrite=True)
+    assert json.loads((target / "report.json").read_text())["variants"][0]["metrics"]["quality"] == 30.0
+    assert json.loads((target / MARKER).read_text())["kind"] == "report"

@@ -98,3 +98,71 @@ def test_state_of_another_run_is_refused(tmp_path: Path) -> None:
     model, data = h["build"]()
     with pytest.raises(CheckpointError, match="different run"):
         train(model, data, h["loss_fn"], TrainOptions(steps=7, checkpoint_dir=str(tmp_path), checkpoint_every=5))
+
+
+# ----------------------------------------------------------------------------- never a user's files
+def _short_run(ckpt: Path, steps: int = 10) -> dict:
+    h = _helpers()
+    model, data = h["build"]()
+    return train(model, data, h["loss_fn"], TrainOptions(steps=steps, checkpoint_dir=str(ckpt), checkpoint_every=5))
+
+
+def test_rotation_removes_only_its_own_step_folders(tmp_path: Path) -> None:
+    """checkpoint_dir may be a user's directory: their files, even a folder named step-*, survive."""
+    ckpt = tmp_path / "work"
+    (ckpt / "step-results").mkdir(parents=True)
+    (ckpt / "step-results" / "table.csv").write_text("a,b\n1,2\n")
+    (ckpt / "notes.txt").write_text("mine")
+    _short_run(ckpt)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["notes.txt", "step-00000010", "step-results"]
+    assert (ckpt / "step-results" / "table.csv").read_text() == "a,b\n1,2\n"
+    assert (ckpt / "notes.txt").read_text() == "mine"
+    assert _saved_steps(ckpt) == [10]  # step-00000005 (slimkit's own) was rotated away
+
+
+def test_a_users_folder_with_a_step_name_is_refused_untouched(tmp_path: Path) -> None:
+    ckpt = tmp_path / "work"
+    (ckpt / "step-00000005").mkdir(parents=True)
+    (ckpt / "step-00000005" / "keep.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="step-00000005"):
+        _short_run(ckpt)
+    assert [p.name for p in (ckpt / "step-00000005").iterdir()] == ["keep.txt"]
+    assert (ckpt / "step-00000005" / "keep.txt").read_text() == "mine"
+
+
+def _corrupt_json(path: Path) -> None:
+    path.write_text('{"step": 5, "fingerp')
+
+
+def _drop_optimizer_key(path: Path) -> None:
+    meta = json.loads(path.read_text())
+    del meta["optimizer"]
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("name", "damage", "message"), [
+    ("train_state.json", _corrupt_json, "not valid JSON"),
+    ("train_state.json", _drop_optimizer_key, "key 'optimizer' is missing"),
+    ("train_state.json", lambda p: p.write_text("[5]"), "JSON list"),
+    ("train_state.safetensors", lambda p: p.write_bytes(p.read_bytes()[:300]), "train_state.safetensors"),
+    ("train_state.safetensors", lambda p: p.write_bytes(b"\x00" * 64), "train_state.safetensors"),
+], ids=["json-truncated", "json-missing-key", "json-not-object", "tensors-truncated", "tensors-garbage"])
+def test_corrupted_training_state_is_a_checkpoint_error_naming_the_file(tmp_path: Path, name, damage, message) -> None:
+    _short_run(tmp_path, steps=5)
+    path = tmp_path / "step-00000005" / name
+    damage(path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        _short_run(tmp_path, steps=5)
+    assert str(path.parent) in str(info.value)
+
+
+def test_training_state_missing_a_tensor_is_a_checkpoint_error(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    _short_run(tmp_path, steps=5)
+    path = tmp_path / "step-00000005" / "train_state.safetensors"
+    tensors = load_file(str(path))
+    del tensors["rng.torch"]
+    save_file(tensors, str(path))
+    with pytest.raises(CheckpointError, match=r"step-00000005 is corrupt or incomplete \(entry 'rng.torch' is missing\)"):
+        _short_run(tmp_path, steps=5)
