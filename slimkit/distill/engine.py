@@ -21,7 +21,7 @@ from slimkit.core.inputs import call_model, output_tensor
 from slimkit.distill.losses import attention_kl, channels_last, feature_mse, logit_kd, mix_hard
 from slimkit.train.finetune.core import cross_entropy, split_labels
 
-__all__ = ["LossSpec", "DistillObjective", "split_distill_batch", "attention_implementation"]
+__all__ = ["LossSpec", "DistillObjective", "split_distill_batch", "attention_implementation", "teacher_on"]
 
 
 @dataclasses.dataclass
@@ -84,6 +84,32 @@ def attention_implementation(models: list[nn.Module], name: str = "eager") -> It
         for m, old in zip(models, saved):
             if old is not None and hasattr(m, "set_attn_implementation"):
                 m.set_attn_implementation(old)
+
+
+@contextlib.contextmanager
+def teacher_on(teacher: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """The teacher on the student's training ``device`` for the run, back where it was afterwards.
+
+    The teacher is held outside the objective's module tree, so the training loop's ``.to(device)``
+    never reaches it: without this a CPU teacher meets GPU batches. On exit the teacher's original
+    tensors are put back (no copy home), so the caller's model (often the user's input model)
+    ends exactly as it started.
+    """
+    device = torch.device(device)
+    slots = [(m.__dict__[kind], name, t) for m in teacher.modules() for kind in ("_parameters", "_buffers")
+             for name, t in m.__dict__[kind].items() if t is not None]
+    if all(t.device == device for _, _, t in slots):
+        yield teacher
+        return
+    data = [t.data for _, _, t in slots]
+    teacher.to(device)
+    try:
+        yield teacher
+    finally:
+        # put back the very objects and storage the caller had (``.to`` may have swapped either)
+        for (registry, name, t), d in zip(slots, data):
+            registry[name] = t
+            t.data = d
 
 
 class DistillObjective(nn.Module):

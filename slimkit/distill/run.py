@@ -9,10 +9,13 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, DataError
-from slimkit.distill.engine import DistillObjective, LossSpec, attention_implementation, split_distill_batch
+from slimkit.core.inputs import move_inputs
+from slimkit.distill.engine import (DistillObjective, LossSpec, attention_implementation, split_distill_batch,
+                                    teacher_on)
 from slimkit.distill.options import DistillOptions
 from slimkit.distill.students import build_student
 from slimkit.core.modelstate import eval_mode
+from slimkit.parallel import dist as pdist
 from slimkit.train.loop import train
 
 __all__ = ["run_distill", "pick_teacher", "check_module_names"]
@@ -64,14 +67,19 @@ def run_distill(model: nn.Module, cfg: DistillOptions, ctx: RunContext,
         raise ConfigError("teacher and student are the same module object; pass a separate teacher")
     spec = make_spec(model, teacher)
     attention = [m for m in (model, teacher) if spec.attention_map]
-    with eval_mode(teacher), attention_implementation(attention):
-        objective = DistillObjective(model, teacher, spec, data[0])
+    pdist.ensure_process_group()
+    device = pdist.training_device(model)  # where the loop trains the student (this rank's GPU under nccl)
+    model.to(device)
+    with eval_mode(teacher), teacher_on(teacher, device), attention_implementation(attention):
+        objective = DistillObjective(model, teacher, spec, move_inputs(data[0], device))
         validate = _StudentMetric(ctx.evaluate) if ctx.evaluate is not None else None
         try:
             result = train(objective, data, lambda m, b: m(b), cfg.train_options(), ctx=ctx, validate=validate)
         finally:
             objective.close()
     _notes(ctx, cfg, result, objective, n_before, model)
+    labelled = split_distill_batch(data[0])[2] is not None
+    ctx.note("hard_label_weight", round(1.0 - cfg.alpha, 6) if labelled else 0.0)  # 0: pure KD (no labels)
     return model
 
 
