@@ -3,9 +3,10 @@
 Wanda, SparseGPT and activation pruning need statistics of each layer's input (or output) on
 calibration data. Running the whole model with hooks on every layer at once would hold every
 statistic (a SparseGPT Hessian per layer) and use the *dense* upstream activations. Instead, like
-the reference implementations, the model's repeated blocks (:mod:`slimkit.core.sequential`,
-shared with GPTQ / AWQ) are run one at a time: the inputs of block 0 are captured once, each block is run with hooks on its selected layers, pruned, then re-run to produce the
-(pruned) inputs of the next block. Memory stays bounded by one block's statistics plus the
+the reference implementations, the model's repeated blocks are run one at a time by
+:func:`slimkit.core.sequential.run_blocks` (shared with GPTQ / AWQ): the inputs of block 0 are
+captured once, each block is run with hooks on its selected layers, pruned, then re-run to produce
+the (pruned) inputs of the next block. Memory stays bounded by one block's statistics plus the
 calibration hidden states. Selected layers outside the blocks (or models without blocks) get a
 final full-model pass.
 """
@@ -19,7 +20,7 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.inputs import call_model
-from slimkit.core.sequential import capture_block_inputs, next_block_inputs, repeated_blocks
+from slimkit.core.sequential import no_cache, run_blocks
 
 __all__ = ["LayerStats", "calibrate_and_prune"]
 
@@ -46,7 +47,6 @@ def _with_hooks(layers: dict[str, nn.Module], make_stats: Callable[[str, nn.Modu
     return stats
 
 
-@torch.no_grad()
 def calibrate_and_prune(
     model: nn.Module,
     layers: list[tuple[str, nn.Module]],
@@ -55,29 +55,25 @@ def calibrate_and_prune(
     prune_layer: Callable[[str, nn.Module, LayerStats], None],
     ctx: RunContext | None = None,
 ) -> None:
-    """Collect stats for each selected layer on ``calib`` (block by block) and prune it in place."""
+    """Collect stats for each selected layer on ``calib`` (block by block) and prune it in place.
+
+    The block-by-block pass is :func:`slimkit.core.sequential.run_blocks` (shared with GPTQ / AWQ):
+    a block's layers are pruned before the block produces the next block's inputs.
+    """
     pending = dict(layers)
-    found = repeated_blocks(model)
-    if found is not None:
-        prefix, blocks = found
-        states = capture_block_inputs(model, blocks[0], calib)
-        indices = range(len(blocks))
-        for i in ctx.progress(indices, "calibrating blocks") if ctx else indices:
-            block_prefix = f"{prefix}.{i}."
-            mine = {n: m for n, m in pending.items() if n.startswith(block_prefix)}
-            block = blocks[i]
+    batches = list(calib)
 
-            def run_block() -> None:
-                for args, kwargs in states:
-                    block(*args, **kwargs)
-
-            if mine:
-                stats = _with_hooks(mine, make_stats, run_block)
-                for name, module in mine.items():
-                    prune_layer(name, module, stats.pop(name))
-                    del pending[name]
-            states = [next_block_inputs(block, args, kwargs) for args, kwargs in states]
-    if pending:  # layers outside the blocks, or a model without repeated blocks: one full pass
-        stats = _with_hooks(pending, make_stats, lambda: [call_model(model, b) for b in calib])
-        for name, module in pending.items():
+    def visit(block_name: str, _block: nn.Module, replay: Callable[[], None]) -> None:
+        prefix = f"{block_name}." if block_name else ""
+        mine = {n: m for n, m in pending.items() if n.startswith(prefix)}
+        if not mine:
+            return
+        stats = _with_hooks(mine, make_stats, replay)
+        for name, module in mine.items():
             prune_layer(name, module, stats.pop(name))
+            del pending[name]
+
+    run_blocks(model, batches, visit, ctx.progress if ctx else None)
+    if pending:  # layers outside the repeated blocks: one full pass on the pruned model
+        with torch.no_grad():
+            visit("", model, lambda: [call_model(model, no_cache(model, b)) for b in batches])
