@@ -14,9 +14,8 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, UnsupportedModelError
-from slimkit.core.provenance import record_edit
 from slimkit.core.select import matching_names, select_modules
-from slimkit.io.edits import replace_module
+from slimkit.core.swap import install_layer
 from slimkit.quantize.weight_only.config import WeightOnlyConfig
 from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLinear
 
@@ -68,8 +67,7 @@ def _check_unsupported(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext,
 
 def install(model: nn.Module, name: str, layer: nn.Module) -> None:
     """Put ``layer`` at ``name`` and record the ``replace_module`` edit that replays it."""
-    replace_module(model, name, layer)
-    record_edit(model, {"op": "replace_module", "path": name, "kind": layer.slimkit_kind, "spec": layer.spec()})
+    install_layer(model, name, layer)
 
 
 def quantize_heads(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext) -> None:
