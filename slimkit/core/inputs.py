@@ -13,7 +13,8 @@ from torch import nn
 
 from slimkit.core.errors import DataError
 
-__all__ = ["run_with_hooks", "ModelInputs", "call_model", "move_inputs", "first_tensor", "check_inputs", "output_tensor"]
+__all__ = ["run_with_hooks", "ModelInputs", "call_model", "move_inputs", "first_tensor", "check_inputs", "output_tensor",
+           "as_batches"]
 
 ModelInputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor]
 
@@ -97,3 +98,25 @@ def _describe(inputs: ModelInputs) -> str:
     if isinstance(inputs, (tuple, list)):
         return ", ".join(_describe(v) for v in inputs)
     return type(inputs).__name__
+
+
+def as_batches(data: Any, what: str = "calib") -> list[Any]:
+    """``data`` (an iterable of batches) as a list, refusing a single batch passed on its own.
+
+    A lone tensor or dict is iterable too, but ``list()`` of it yields a tensor's rows or a dict's
+    keys, never what the caller meant: that is a :class:`DataError` saying to wrap it, ``[batch]``.
+    """
+    if isinstance(data, (torch.Tensor, Mapping, str, bytes)):
+        raise DataError(f"{what} must be an iterable of model inputs (batches), got a single {_kind(data)}; "
+                        f"pass a list of batches, e.g. {what}=[batch]")
+    try:
+        return list(data)
+    except TypeError:
+        raise DataError(f"{what} must be an iterable of model inputs (batches), got {type(data).__name__}; "
+                        f"pass a list of batches, e.g. {what}=[batch]") from None
+
+
+def _kind(data: Any) -> str:
+    if isinstance(data, Mapping):
+        return f"dict with keys {list(data)[:6]}"
+    return _describe(data) if isinstance(data, torch.Tensor) else f"{type(data).__name__} {data!r:.40}"

@@ -15,7 +15,7 @@ from slimkit.core import provenance
 from slimkit.core.context import RunContext
 from slimkit.core.conv1d import conv1d_as_linear
 from slimkit.core.errors import ConfigError, DataError
-from slimkit.core.inputs import check_inputs
+from slimkit.core.inputs import as_batches, check_inputs
 from slimkit.core.recipe import Recipe
 from slimkit.core.modelstate import eval_mode
 
@@ -94,8 +94,8 @@ def compress(
 def _context(model: nn.Module, calib: Any, train: Any, teacher: Any, example_inputs: Any, progress: bool) -> RunContext:
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     return RunContext(
-        calib=list(calib) if calib is not None else None,
-        train=list(train) if train is not None else None,
+        calib=as_batches(calib, "calib") if calib is not None else None,
+        train=as_batches(train, "train") if train is not None else None,
         teacher=teacher,
         original=model,
         example_inputs=example_inputs,

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from slimkit.core.errors import ConfigError
+from slimkit.core.errors import ConfigError, DataError
 
 __all__ = [
     "OBSERVERS", "Observer", "MinMaxObserver", "PercentileObserver", "MSEObserver",
@@ -32,8 +32,19 @@ _QUANTILE_SAMPLE = 1 << 22
 
 
 class Observer(Protocol):
+    #: what is observed, e.g. ``"input of layer 'fc1'"`` (set by :func:`observe_layers`), for errors
+    label: str | None
+
     def update(self, x: torch.Tensor) -> None: ...
     def range(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _no_data(label: str | None) -> DataError:
+    """The error of an observer asked for a range before it saw any tensor (a layer the
+    calibration batches never reached: unused, or behind a branch the data did not take)."""
+    what = label or "a tensor (no layer name given)"
+    return DataError(f"the observer of {what} saw no data: the calibration batches never reached it; "
+                     "check that calib exercises this layer, or leave it out with ignore: [...]")
 
 
 def _channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
@@ -47,8 +58,8 @@ def _channels_first(x: torch.Tensor, axis: int | None) -> torch.Tensor:
 class MinMaxObserver:
     """Running min and max over everything observed."""
 
-    def __init__(self, axis: int | None = None) -> None:
-        self.axis = axis
+    def __init__(self, axis: int | None = None, label: str | None = None) -> None:
+        self.axis, self.label = axis, label
         self.lo: torch.Tensor | None = None
         self.hi: torch.Tensor | None = None
 
@@ -60,15 +71,15 @@ class MinMaxObserver:
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.lo is None or self.hi is None:
-            raise ValueError("observer saw no data")
+            raise _no_data(self.label)
         return self.lo, self.hi
 
 
 class PercentileObserver:
     """Lower/upper ``percentile`` quantiles per batch, averaged over the batches."""
 
-    def __init__(self, axis: int | None = None, percentile: float = 99.99) -> None:
-        self.axis, self.q = axis, percentile / 100.0
+    def __init__(self, axis: int | None = None, percentile: float = 99.99, label: str | None = None) -> None:
+        self.axis, self.q, self.label = axis, percentile / 100.0, label
         self._lo: list[torch.Tensor] = []
         self._hi: list[torch.Tensor] = []
 
@@ -84,15 +95,16 @@ class PercentileObserver:
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._lo:
-            raise ValueError("observer saw no data")
+            raise _no_data(self.label)
         return torch.stack(self._lo).mean(0), torch.stack(self._hi).mean(0)
 
 
 class MSEObserver:
     """Min-max range shrunk by the ratio (searched on a grid) that minimises quantization MSE."""
 
-    def __init__(self, axis: int | None = None, bits: int = 8, symmetric: bool = True, grid: int = 60) -> None:
-        self.axis, self.bits, self.symmetric, self.grid = axis, bits, symmetric, grid
+    def __init__(self, axis: int | None = None, bits: int = 8, symmetric: bool = True, grid: int = 60,
+                 label: str | None = None) -> None:
+        self.axis, self.bits, self.symmetric, self.grid, self.label = axis, bits, symmetric, grid, label
         self.minmax = MinMaxObserver(axis)
         self._samples: list[torch.Tensor] = []
 
@@ -105,6 +117,8 @@ class MSEObserver:
         self._samples.append(c)
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._samples:
+            raise _no_data(self.label)
         lo, hi = self.minmax.range()
         data = torch.cat(self._samples, dim=1)  # [channels, n]
         best_err = torch.full_like(lo, float("inf"))
@@ -134,6 +148,11 @@ def make_observer(name: str, axis: int | None = None, *, percentile: float = 99.
     if name == "mse":
         return MSEObserver(axis, bits, symmetric)
     raise ConfigError(f"observer = {name!r} is not valid; choose one of {list(OBSERVERS)}")
+
+
+def _labelled(observer: Observer, label: str) -> Observer:
+    observer.label = label
+    return observer
 
 
 def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int = 8, symmetric: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,11 +189,14 @@ def observe_layers(model: torch.nn.Module, layers: dict[str, torch.nn.Module], f
     """Run ``batches`` through ``model`` and feed each named layer's input (and output) to observers.
 
     Returns ``{name: (input_observer, output_observer or None)}``; hooks are removed afterwards.
+    Each observer is labelled with its layer, so a layer the batches never reached is named in the
+    :class:`DataError` its ``range()`` raises.
     """
     from slimkit.core.inputs import run_with_hooks
 
     seen: dict[str, tuple[Observer, Observer | None]] = {
-        name: (factory(), factory() if outputs else None) for name in layers}
+        name: (_labelled(factory(), f"the input of layer {name!r}"),
+               _labelled(factory(), f"the output of layer {name!r}") if outputs else None) for name in layers}
 
     def hook(name: str) -> Callable[..., None]:
         def fn(module: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:

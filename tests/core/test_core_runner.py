@@ -174,3 +174,55 @@ def test_callable_eval_is_recorded_before_and_after(make_mlp) -> None:
     assert d["after"]["quality"] == pytest.approx(fidelity(res.model), abs=1e-9)
     assert d["after"]["quality"] < 1.0
     assert d["ratios"]["quality"] == pytest.approx(d["after"]["quality"] / d["before"]["quality"])
+
+
+# ----------------------------------------------------------------------------- a single batch is not calib
+@pytest.mark.parametrize("single", [
+    torch.randn(4, 32),
+    {"input_ids": torch.zeros(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long)},
+], ids=["tensor", "dict"])
+def test_a_single_batch_as_calib_is_a_data_error(make_mlp, test_steps, single) -> None:
+    """``list()`` of a tensor yields its rows and of a dict its keys: neither is what was meant."""
+    with pytest.raises(sk.DataError, match=r"calib must be an iterable of model inputs .*calib=\[batch\]") as info:
+        sk.compress(make_mlp(), {"steps": [{"prune": {"method": "test_needs_calib"}}]}, calib=single,
+                    progress=False, measure=False)
+    assert ("tensor of shape (4, 32)" if isinstance(single, torch.Tensor) else "'input_ids'") in str(info.value)
+    assert test_steps["needs_calib"] == []
+
+
+def test_a_non_iterable_calib_is_a_data_error(make_mlp, test_steps) -> None:
+    with pytest.raises(sk.DataError, match="calib must be an iterable of model inputs .*got int"):
+        sk.compress(make_mlp(), {"steps": [{"prune": {"method": "test_needs_calib"}}]}, calib=3,
+                    progress=False, measure=False)
+
+
+def test_a_single_batch_as_train_is_a_data_error(make_mlp) -> None:
+    with pytest.raises(sk.DataError, match=r"train must be an iterable .*train=\[batch\]"):
+        sk.compress(make_mlp(), MAGNITUDE, train={"inputs": torch.randn(2, 32), "labels": torch.zeros(2)},
+                    progress=False, measure=False)
+
+
+# ----------------------------------------------------------------------------- Result.save
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_result_save_never_replaces_a_users_directory(make_mlp, tmp_path, overwrite) -> None:
+    res = sk.compress(make_mlp(), MAGNITUDE, progress=False, measure=False)
+    target = tmp_path / "project"
+    target.mkdir()
+    (target / "train.py").write_text("print('mine')")
+    with pytest.raises(sk.CheckpointError, match=str(target)):
+        res.save(target, overwrite=overwrite)
+    assert [p.name for p in target.iterdir()] == ["train.py"]
+    assert (target / "train.py").read_text() == "print('mine')"
+
+
+def test_result_save_replaces_its_own_output_only_with_overwrite(make_mlp, tmp_path) -> None:
+    first = sk.compress(make_mlp(seed=1), MAGNITUDE, progress=False, measure=False)
+    second = sk.compress(make_mlp(seed=2), MAGNITUDE, progress=False, measure=False)
+    target = first.save(tmp_path / "out")
+    with pytest.raises(sk.CheckpointError, match="already exists"):
+        second.save(target)
+    second.save(target, overwrite=True)
+    loaded = sk.load(target, model=make_mlp())
+    assert torch.equal(loaded.fc1.weight, second.model.fc1.weight)
+    assert not torch.equal(loaded.fc1.weight, first.model.fc1.weight)
+    assert (target / "report.json").is_file() and (target / ".slimkit-output").is_file()

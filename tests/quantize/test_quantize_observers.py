@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 import slimkit as sk
-from slimkit.quantize.observers import fake_quantize, make_observer, qparams
+from slimkit.quantize.observers import OBSERVERS, fake_quantize, make_observer, qparams
 
 
 def test_minmax_per_tensor_and_per_channel() -> None:
@@ -56,3 +57,37 @@ def test_qparams_symmetric_and_asymmetric() -> None:
 def test_unknown_observer_is_a_config_error() -> None:
     with pytest.raises(sk.ConfigError, match="observer"):
         make_observer("entropy")
+
+
+# ----------------------------------------------------------------------------- an observer that saw nothing
+@pytest.mark.parametrize("name", list(OBSERVERS))
+def test_an_observer_that_saw_no_data_is_a_data_error(name) -> None:
+    obs = make_observer(name)
+    with pytest.raises(sk.DataError, match="saw no data"):
+        obs.range()
+    obs.label = "the input of layer 'blocks.3.fc'"
+    with pytest.raises(sk.DataError, match=r"observer of the input of layer 'blocks.3.fc' saw no data"):
+        obs.range()
+
+
+class _UnusedBranch(nn.Module):
+    """``side`` is a Linear that ``forward`` never calls: calibration never reaches it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+        self.side = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("step", [
+    {"quantize": {"method": "static_int8", "graph": "off"}},
+    {"quantize": {"method": "smoothquant"}},
+], ids=["static_int8", "smoothquant"])
+def test_a_layer_calibration_never_reaches_is_named(step) -> None:
+    torch.manual_seed(0)
+    calib = [torch.randn(4, 16) for _ in range(2)]
+    with pytest.raises(sk.DataError, match=r"the input of layer 'side' saw no data"):
+        sk.compress(_UnusedBranch().eval(), {"steps": [step]}, calib=calib, progress=False, measure=False)
