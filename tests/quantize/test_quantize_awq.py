@@ -45,8 +45,9 @@ def test_awq_tiny_llama_sqnr_and_save_load(tmp_path) -> None:
     calib = [{"input_ids": torch.randint(0, 128, (2, 32), generator=g)} for _ in range(4)]
     res = sk.compress(model, {"steps": [{"quantize": {"method": "awq", "bits": 4, "group_size": 32, "grid": 10}}]},
                       calib=calib, progress=False, measure=False)
-    layers = [m for m in res.model.modules() if isinstance(m, WeightOnlyLinear)]
-    assert len(layers) == 14 and all(m.input_scale is not None for m in layers)
+    layers = [m for n, m in res.model.named_modules() if isinstance(m, WeightOnlyLinear) and n != "lm_head"]
+    assert len(layers) == 14 and all(m.input_scale is not None and m.bits == 4 for m in layers)
+    assert res.model.lm_head.bits == 8 and res.model.lm_head.input_scale is None  # head: plain int8 by default
     ids = {"input_ids": torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))}
     with torch.no_grad():
         out = res.model(**ids).logits

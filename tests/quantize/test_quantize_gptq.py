@@ -97,7 +97,9 @@ def test_gptq_on_tiny_llama_sqnr_and_save_load(tmp_path) -> None:
                       calib=_calib(), progress=False, measure=False)
     notes = res.report.steps[0]["notes"]
     assert notes["quantized_linear_layers"] == 14 and notes["peak_rss_mb"] > 0
-    assert sum(isinstance(m, WeightOnlyLinear) for m in res.model.modules()) == 14
+    bits = {n: m.bits for n, m in res.model.named_modules() if isinstance(m, WeightOnlyLinear)}
+    assert len(bits) == 15 and bits.pop("lm_head") == 8 and set(bits.values()) == {4}  # head: int8 by default
+    assert notes["layer_precision"]["lm_head"] == "int8 g32 (output head)"
     ids = {"input_ids": torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(1))}
     with torch.no_grad():
         out = res.model(**ids).logits

@@ -7,6 +7,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import slimkit as sk
+from slimkit.core.layer_notes import layer_summary
 from slimkit.measure.size import weight_tensors
 from slimkit.quantize.mixed import FLOAT, layer_bytes, upgrade_path
 from slimkit.quantize.weight_only import WeightOnlyLinear
@@ -51,9 +52,25 @@ def test_target_ratio_is_met_and_bits_are_mixed(ratio: float) -> None:
     model = tiny_llama()
     res = mixed(model, bits_choices=[2, 4, 8], target_ratio=ratio)
     assert tensor_bytes(res.model) <= ratio * tensor_bytes(model)
-    bits = {m.bits for m in res.model.modules() if isinstance(m, WeightOnlyLinear)}
+    bits = {m.bits for n, m in res.model.named_modules() if isinstance(m, WeightOnlyLinear) and n != "lm_head"}
     assert len(bits) >= 2  # a real mix, not one width everywhere
     assert res.report.steps[0]["notes"]["quantized_linear_layers"] == 14
+
+
+def test_head_int8_by_default_and_per_layer_bits_reported() -> None:
+    res = mixed(tiny_llama(), bits_choices=[2, 4, 8], target_ratio=0.26)
+    assert res.model.lm_head.bits == 8 and res.model.model.embed_tokens.bits == 8
+    summary = res.report.steps[0]["notes"]["layer_precision"]
+    per_layer = {n: f"int{m.bits} g32" for n, m in res.model.named_modules()
+                 if isinstance(m, WeightOnlyLinear) and n != "lm_head"}
+    assert len(set(per_layer.values())) >= 2  # the summary must tell layers apart
+    expected = layer_summary(per_layer) | {"lm_head": "int8 g32 (output head)", "model.embed_tokens": "int8 g32 (embedding)"}
+    assert summary == expected
+
+
+def test_head_bits_null_is_refused_by_mixed() -> None:
+    with pytest.raises(sk.ConfigError, match="head_bits"):
+        sk.Recipe.from_dict({"steps": [{"quantize": {"method": "mixed", "target_ratio": 0.3, "head_bits": None}}]})
 
 
 def test_impossible_budget_is_a_config_error() -> None:

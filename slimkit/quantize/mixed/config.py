@@ -23,6 +23,9 @@ class MixedConfig(WeightOnlyConfig):
 
     Sensitivity of a layer at ``b`` bits is its output error on calibration data,
     ``tr(ΔW H ΔWᵀ)`` with ``H = XᵀX`` gathered block by block. ``bits`` is not used (see ``bits_choices``).
+    The output head and input embeddings are stored at ``head_bits`` (int8 by default, see
+    :class:`WeightOnlyConfig`), outside the allocation; ``head_bits: null`` is refused here (there
+    is no single ``bits`` to follow).
 
     ```yaml
     - quantize: {method: mixed, bits_choices: [3, 4, 8], group_size: 64, target_ratio: 0.25}
@@ -45,6 +48,9 @@ class MixedConfig(WeightOnlyConfig):
         for b in self.bits_choices:
             check_int("bits_choices[]", b, 2, 8)
         check_bool("allow_float", self.allow_float)
+        if self.head_bits is None:
+            raise ConfigError("head_bits = null (same as bits) has no meaning for mixed, which picks bits per layer; "
+                              "give head_bits in [2, 8] (default 8)")
         given = [n for n in ("target_bytes", "target_ratio", "max_quality_drop") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError(f"mixed needs exactly one budget of target_bytes, target_ratio, max_quality_drop; got {given or 'none'}")
