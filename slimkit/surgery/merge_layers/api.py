@@ -14,7 +14,7 @@ from slimkit.core.inputs import call_model, output_tensor
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import matching_names
-from slimkit.io.edits import replace_module
+from slimkit.core.swap import install_layer
 from slimkit.surgery.blocks import drop_blocks, find_blocks
 from slimkit.surgery.drop_layers.core import block_io_tensor
 from slimkit.surgery.layers import SpecIdentity, SpecLinear, add_bias
@@ -38,8 +38,7 @@ def _fallback(ctx: RunContext) -> Callable[[str], None]:
 
 
 def _identity(model: nn.Module, path: str) -> None:
-    replace_module(model, path, SpecIdentity())
-    record_edit(model, {"op": "replace_module", "path": path, "kind": "identity", "spec": {}})
+    install_layer(model, path, SpecIdentity())
 
 
 @register("merge_layers", "bn_fold", MergeLayersConfig, default=True)
@@ -90,8 +89,7 @@ def merge_linear_fold(model: nn.Module, cfg: MergeLayersConfig, ctx: RunContext)
             fused.weight.copy_(w)
             if bias is not None:
                 fused.bias.copy_(bias)
-        replace_module(model, a_name, fused)
-        record_edit(model, {"op": "replace_module", "path": a_name, "kind": "linear", "spec": fused.spec()})
+        install_layer(model, a_name, fused)
         _identity(model, b_name)
         used |= {a_name, b_name}
         done += 1
