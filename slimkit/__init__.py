@@ -17,6 +17,7 @@ from slimkit.core.recipe import Recipe, Step
 from slimkit.core.registry import STEP_NAMES, methods_of
 from slimkit.core.runner import Result, compress
 from slimkit.io.checkpoint import load, save
+from slimkit.export import export
 from slimkit import measure
 from slimkit.measure import Accuracy, Agreement, CosineFidelity, Perplexity, TopKAgreement, as_evaluator
 from slimkit.report import Report
@@ -29,6 +30,7 @@ __all__ = [
     "Step",
     "save",
     "load",
+    "export",
     "measure",
     "zoo",
     "data",

@@ -16,7 +16,7 @@ from torch import nn
 from slimkit.core.errors import ConfigError
 from slimkit.core.provenance import set_base
 
-__all__ = ["is_hf_dir", "hf_task", "load_hf_dir"]
+__all__ = ["is_hf_dir", "hf_task", "load_hf_dir", "local_tokenizer"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
 
@@ -81,10 +81,10 @@ def load_hf_dir(path: str | Path) -> tuple[nn.Module, Any]:
     check_loading_info(info, str(directory))
     model.eval()
     set_base(model, {"hf_dir": str(directory)})
-    return model, _tokenizer(directory)
+    return model, local_tokenizer(directory)
 
 
-def _tokenizer(directory: Path) -> Any:
+def local_tokenizer(directory: Path) -> Any:
     if not any((directory / f).exists() for f in _TOKENIZER_FILES):
         return None
     from transformers import AutoTokenizer
