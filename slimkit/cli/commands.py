@@ -29,14 +29,14 @@ def run_compress(args: argparse.Namespace) -> int:
     import slimkit as sk
     from slimkit.cli.models import load_model_ref, parse_model_ref
     from slimkit.cli.workloads import task_of, workload_for
+    from slimkit.io.outputs import check_replaceable
 
     recipe = sk.Recipe.from_yaml(args.recipe)  # validated before the model is loaded
     ref = parse_model_ref(args.model)
     out = Path(args.out).resolve()
-    if out.exists() and not args.overwrite:
-        raise CheckpointError(f"output directory {out} already exists; pass --overwrite to replace it")
     if ref.kind == "dir" and Path(ref.value).resolve() == out:
         raise CheckpointError("--out must differ from the input model directory (the input is never touched)")
+    check_replaceable(out, args.overwrite)  # before any work: a user's directory is refused untouched
     show = not args.no_progress and not args.json
     with _status(f"loading {ref}", show):
         model, tok, zoo_name = load_model_ref(ref)
@@ -145,7 +145,8 @@ def run_zoo(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from slimkit.cli.demo import demo
 
-    report = demo(out_dir=args.out, eval_batches=args.eval_batches, progress=not args.json)
+    report = demo(out_dir=args.out, eval_batches=args.eval_batches, progress=not args.json,
+                  overwrite=args.overwrite)
     _print_report(report, args.json)
     if not args.json:
         console.print(f"wrote {Path(args.out).resolve()}/report.json, report.md, report.png")

@@ -8,6 +8,7 @@ the untouched model for 30 steps of 128 train-split tokens.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 __all__ = ["demo", "VARIANTS"]
@@ -37,11 +38,16 @@ VARIANTS: list[tuple[str, dict[str, Any]]] = [
 _HEAL_SEQ = 128
 
 
-def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool = True) -> Any:
+def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool = True,
+         overwrite: bool = False) -> Any:
     """Run the demo and write ``report.{json,md,png}`` into ``out_dir``; returns the Report."""
     import slimkit as sk
     from slimkit.cli.workloads import workload_for
+    from slimkit.io.outputs import check_replaceable
 
+    # an existing out_dir is replaced only with overwrite=True and only if slimkit wrote it: checked
+    # before minutes of work, not after
+    check_replaceable(Path(out_dir).resolve(), overwrite, what="report directory")
     model, tok = sk.zoo.load_model("smollm2-135m")
     work = workload_for("causal-lm", tok, eval_batches=eval_batches)
     train = sk.zoo.load_data("shakespeare", "train", tokenizer=tok, seq_len=_HEAL_SEQ,
@@ -64,7 +70,7 @@ def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool
         metrics.update(timings[label])
         _add_speed(metrics, work.tokens_per_call)
         report.add_variant(label, metrics, recipe=recipe, steps=steps)
-    report.save(out_dir)
+    report.save(out_dir, overwrite=overwrite)
     return report
 
 

@@ -43,7 +43,10 @@ def _add_demo(sub: Any) -> None:
                        description="Load SmolLM2-135M and compress it several ways (magnitude 50%, wanda 2:4, "
                        "dynamic int8, GPTQ int4, mixed precision, drop 4 blocks, drop 4 + healing distillation, "
                        "magnitude + int8); print held-out Shakespeare perplexity, checkpoint bytes and speed; write report.{json,md,png}.")
-    p.add_argument("--out", default="slimkit-demo", help="report directory (default: ./slimkit-demo)")
+    p.add_argument("--out", default="slimkit-demo", help="report directory (default: ./slimkit-demo); must not exist "
+                   "unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a directory slimkit wrote (a directory holding other files is never touched)")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out chunks of 256 tokens (default 8 = 2,048 tokens)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -55,7 +58,8 @@ def _add_compress(sub: Any) -> None:
     p.add_argument("--model", required=True, help="zoo:NAME, hf:ORG/NAME or a saved slimkit directory")
     p.add_argument("--recipe", required=True, help="recipe YAML file")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a directory slimkit wrote (a directory holding other files is never touched)")
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the train split")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out evaluation batches from the test split")
     p.add_argument("--nproc", type=int, default=1,

@@ -174,7 +174,7 @@ def test_out_equal_to_input_dir_is_refused(recipe, tmp_path, capsys, no_model_lo
     assert code == EXIT_BAD_INPUT
     assert_one_line_error(capsys.readouterr().err, "--out")
     assert no_model_loading == []
-    assert sorted(p.name for p in src.iterdir()) == ["model.safetensors", "slimkit.json"]
+    assert sorted(p.name for p in src.iterdir()) == [".slimkit-output", "model.safetensors", "slimkit.json"]
 
 
 def test_unknown_step_in_a_real_process_prints_no_traceback(recipe, tmp_path) -> None:
@@ -243,8 +243,8 @@ def test_compress_minilm_end_to_end(recipe, tmp_path, capsys, small_workload) ->
                  "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors", "report.json", "report.md", "report.png",
-                                                       "slimkit.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".slimkit-output", "model.safetensors", "report.json",
+                                                       "report.md", "report.png", "slimkit.json"]
     report = json.loads(captured.out)
     assert [s["name"] for s in report["steps"]] == ["prune"]
     assert report["quality"]["name"] == "cosine"
