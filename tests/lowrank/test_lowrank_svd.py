@@ -72,3 +72,39 @@ def test_lowrank_errors() -> None:
         sk.Recipe.from_dict({"steps": [{"low_rank": {"method": "svd", "energy": 1.5}}]})
     with pytest.raises(sk.ConfigError, match="params_ratio"):
         sk.Recipe.from_dict({"steps": [{"low_rank": {"method": "svd", "params_ratio": 1.0}}]})
+
+
+# ----------------------------------------------------------------------------- head / tied weights
+def test_llama_head_and_tied_embedding_kept_by_default(make_llama) -> None:
+    model = make_llama()
+    res = _lr(model, {"method": "svd", "rank": 4})
+    assert isinstance(res.model.lm_head, nn.Linear) and res.model.lm_head.weight is res.model.model.embed_tokens.weight
+    assert torch.equal(res.model.lm_head.weight, model.lm_head.weight)
+    assert isinstance(res.model.model.layers[0].mlp.up_proj, LowRankLinear)
+    step = res.report.steps[0]
+    assert {"layer": "lm_head", "reason": "output head / embedding: kept by default (name it in targets to compress "
+                                          "it)"} in step["skipped"]
+    assert step["notes"]["factorized_layers"] == 14
+    assert step["notes"]["layer_ranks"]["model.layers.*.mlp.up_proj"] == "4 ×2"
+
+
+def test_low_rank_never_unties_a_tied_head(make_llama) -> None:
+    with pytest.raises(sk.ConfigError, match="tied"):
+        _lr(make_llama(), {"method": "svd", "rank": 4, "targets": ["lm_head"]})
+
+
+def test_tied_linear_pair_is_skipped_and_reported() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    net[2].weight = net[0].weight  # cross-layer sharing (e.g. after share_weights)
+    res = _lr(net, {"method": "svd", "rank": 2})
+    assert res.model[0].weight is res.model[2].weight and isinstance(res.model[4], LowRankLinear)
+    reasons = {s["layer"]: s["reason"] for s in res.report.steps[0]["skipped"]}
+    assert set(reasons) == {"0", "2"} and all("tied" in r for r in reasons.values())
+
+
+def test_untied_head_factorized_when_named(make_llama) -> None:
+    model = make_llama()
+    model.lm_head.weight = nn.Parameter(model.lm_head.weight.detach().clone())  # untie
+    res = _lr(model, {"method": "svd", "rank": 4, "targets": ["lm_head"]})
+    assert isinstance(res.model.lm_head, LowRankLinear) and res.model.lm_head.rank == 4

@@ -14,7 +14,7 @@ class LowRankSVDConfig(StepConfig):
     """Replace each selected ``nn.Linear`` (W: [out, in]) by ``Linear(in, r) -> Linear(r, out)``.
 
     ```yaml
-    - low_rank: {method: svd, energy: 0.95, ignore: [lm_head]}     # keep 95% of sum(s^2)
+    - low_rank: {method: svd, energy: 0.95}                        # keep 95% of sum(s^2)
     - low_rank: {method: svd, params_ratio: 0.5}                   # each layer keeps <= 50% of its params
     - low_rank: {method: svd, rank: 32, targets: ["re:.*mlp.*"]}   # fixed rank
     ```
@@ -22,6 +22,11 @@ class LowRankSVDConfig(StepConfig):
     squared Frobenius norm), ``params_ratio`` (the largest rank whose two factors hold at most that
     fraction of the layer's weights) or ``rank``. ``rank_multiple`` rounds ranks up (friendlier
     GEMM shapes). A layer where factorizing would not save parameters is left alone and reported.
+    The output head (``lm_head``, a Hugging Face model's output embeddings, a Linear tied to an
+    embedding) and the embeddings are left alone unless ``targets`` names them explicitly (by
+    name or ``re:`` regex), as the pruning steps do; each is reported as skipped.
+    A Linear whose weight is tied to another module is never factorized (that would untie it and
+    store the matrix twice): it is skipped and reported, and naming it in ``targets`` is a ConfigError.
     """
 
     method: str = "svd"

@@ -19,6 +19,9 @@ class ActivationPruneConfig(StepConfig):
     units with the smallest mean ``|activation|`` over the calibration data lose their whole weight
     row / filter and bias entry. The shapes stay (use ``method: structured, importance:
     activation`` to remove units physically); sparse storage shrinks the checkpoint.
+    The output head (``lm_head``, a Hugging Face model's output embeddings, a Linear tied to an
+    embedding) and the embeddings are left alone unless ``targets`` names them explicitly (by
+    name or ``re:`` regex), as Wanda, SparseGPT and llm-compressor do; each is reported as skipped.
     """
 
     method: str = "activation"

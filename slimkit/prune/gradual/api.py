@@ -8,10 +8,12 @@ import torch
 from torch import nn
 
 from slimkit.core.context import RunContext
+from slimkit.core.heads import drop_protected
 from slimkit.core.registry import register
 from slimkit.core.select import select_modules
 from slimkit.prune.gradual.config import GradualPruneConfig
 from slimkit.prune.gradual.core import GradualMasker
+from slimkit.prune.layer_report import note_weight_sparsity
 from slimkit.train.finetune.core import supervised_loss
 from slimkit.train.loop import train
 from slimkit.train.optim import total_steps
@@ -32,14 +34,13 @@ def prune_gradual(model: nn.Module, cfg: GradualPruneConfig, ctx: RunContext) ->
     data = ctx.require("train", "prune")
     types = tuple(getattr(nn, t) for t in cfg.layer_types)
     layers = select_modules(model, types, targets=cfg.targets, ignore=cfg.ignore, field="prune")
+    layers = drop_protected(model, layers, cfg.targets, ctx)
     opts = cfg.train_options()
     total = total_steps(opts, len(data))
     end = cfg.prune_end if cfg.prune_end is not None else max(cfg.prune_start + 1, (3 * total) // 4)
     masker = GradualMasker(layers, cfg.initial_sparsity, cfg.sparsity, cfg.prune_start, end, cfg.prune_every)
     result = train(model, data, gradual_loss, opts, ctx=ctx, callbacks=[masker])
-    zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
-    ctx.note("layers", len(layers))
-    ctx.note("weight_sparsity", round(zeros / max(sum(m.weight.numel() for _, m in layers), 1), 4))
+    note_weight_sparsity(layers, ctx)
     ctx.note("schedule", masker.history)
     ctx.note("final_loss", result["final_loss"])
     return model

@@ -24,6 +24,9 @@ class GradualPruneConfig(TrainOptions):
     masks are re-applied after every optimizer step, so pruned weights stay exactly zero. All
     training-loop options (:class:`TrainOptions`) apply; the loss is the supervised one (HF causal
     LM batches without ``labels`` train on next-token prediction).
+    The output head (``lm_head``, a Hugging Face model's output embeddings, a Linear tied to an
+    embedding) and the embeddings are left alone unless ``targets`` names them explicitly (by
+    name or ``re:`` regex), as Wanda, SparseGPT and llm-compressor do; each is reported as skipped.
     """
 
     method: str = "gradual"

@@ -23,6 +23,9 @@ class MagnitudePruneConfig(StepConfig):
     ``scope: layer`` prunes every selected layer to exactly ``sparsity``; ``scope: global`` ranks all
     selected weights together (layers end up with different sparsities). ``targets`` / ``ignore``
     use the module selection grammar (names, ``re:`` regexes, class names).
+    The output head (``lm_head``, a Hugging Face model's output embeddings, a Linear tied to an
+    embedding) and the embeddings are left alone unless ``targets`` names them explicitly (by
+    name or ``re:`` regex), as Wanda, SparseGPT and llm-compressor do; each is reported as skipped.
     ``pattern: "2:4"`` (or ``"4:8"``, any ``N:M``) keeps the N largest of every M consecutive weights
     of each row instead (sparsity is then 1 - N/M; ``sparsity`` and ``scope`` are not used):
 

@@ -20,7 +20,7 @@ __all__ = ["prune_sparsegpt"]
 def prune_sparsegpt(model: nn.Module, cfg: SparseGPTPruneConfig, ctx: RunContext) -> nn.Module:
     """Prune every selected Linear with SparseGPT's OBS sweep, sequentially through the blocks."""
     calib = ctx.require("calib", "prune")
-    layers = selected_linears(model, cfg)
+    layers = selected_linears(model, cfg, ctx)
     nm = parse_pattern(cfg.pattern)
 
     def prune_layer(name: str, module: nn.Module, stats: HessianStats) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, DataError, UnsupportedModelError
+from slimkit.core.heads import names_explicitly, protected_names
 from slimkit.core.inputs import call_model, run_with_hooks
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
@@ -37,9 +38,16 @@ def _example(ctx: RunContext) -> Any:
     raise DataError("step 'prune' (structured) needs example_inputs or calib data to trace the model")
 
 
+def _kept_by_default(model: nn.Module, cfg: StructuredPruneConfig) -> set[str]:
+    """The output head / embeddings that ``targets`` does not name: their groups stay whole."""
+    return {n for n in protected_names(model) if not names_explicitly(cfg.targets, n)}
+
+
 def _ignored(model: nn.Module, cfg: StructuredPruneConfig) -> list[nn.Module]:
-    """Modules whose groups must stay: ``ignore`` rules, and everything outside ``targets``."""
+    """Modules whose groups must stay: ``ignore`` rules, the output head / embeddings unless
+    ``targets`` names them, and everything outside ``targets``."""
     names = matching_names(model, cfg.ignore, "prune.ignore") if cfg.ignore else set()
+    names |= _kept_by_default(model, cfg)
     if cfg.targets is not None:
         wanted = matching_names(model, cfg.targets, "prune.targets")
         names |= {n for n, m in model.named_modules() if n and n not in wanted and isinstance(m, (nn.Linear, nn.Conv2d))}
@@ -212,6 +220,18 @@ def _ratio_for_macs(model: nn.Module, cfg: StructuredPruneConfig, scores: Scores
     return hi
 
 
+def _note_head_policy(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunContext) -> None:
+    """Say what happened to the output head / embeddings (``layer_width`` resizes them by design)."""
+    if cfg.granularity == "layer_width":
+        resized = sorted(protected_names(model))
+        if resized:
+            ctx.note("head_embeddings_resized", resized)  # the hidden size is one group with them
+        return
+    kept = sorted(_kept_by_default(model, cfg))
+    if kept and cfg.granularity != "head":
+        ctx.note("head_embeddings_kept", kept)  # their groups stay whole unless targets names them
+
+
 @register("prune", "structured", StructuredPruneConfig)
 def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunContext) -> nn.Module:
     """Remove the least important units of every prunable group; the module physically shrinks."""
@@ -224,6 +244,7 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunConte
     else:
         ratio = cfg.sparsity if cfg.sparsity is not None else 0.0  # 0.0: explicit heads map
     removed = _prune_model(model, cfg, ratio, scores, example, record=True)
+    _note_head_policy(model, cfg, ctx)
     ctx.note("groups", 1 if cfg.granularity == "layer_width" else len(scores))
     if cfg.granularity == "head":
         atts = find_attentions(model)

@@ -45,7 +45,9 @@ class StructuredPruneConfig(StepConfig):
     widths; not used for heads). ``gqa``: with grouped-query attention, ``query`` removes the same
     number of query heads inside every KV group, ``group`` removes whole KV groups (a KV head with
     its query heads); multi-head attention always removes whole heads. Groups whose units feed the
-    model output (classifier, pooler, lm_head) are never pruned by ``channel``/``neuron``.
+    model output (classifier, pooler, lm_head) are never pruned by ``channel``/``neuron``; groups
+    holding the output head or an embedding stay whole unless ``targets`` names them
+    (``layer_width`` resizes them by definition: the hidden size is one group, noted in the report).
     ``allocation`` (channel / neuron): ``uniform`` removes the same fraction from every group;
     ``global`` ranks every unit of every group together by its score divided by its group's mean
     score, so each layer gets its own ratio (at most 90 % removed per group), and the global cut is

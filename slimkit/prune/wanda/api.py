@@ -20,7 +20,7 @@ __all__ = ["prune_wanda"]
 def prune_wanda(model: nn.Module, cfg: WandaPruneConfig, ctx: RunContext) -> nn.Module:
     """Zero the weights with the lowest ``|W| · ‖X‖`` in each output row (or N:M group)."""
     calib = ctx.require("calib", "prune")
-    layers = selected_linears(model, cfg)
+    layers = selected_linears(model, cfg, ctx)
     nm = parse_pattern(cfg.pattern)
 
     def prune_layer(name: str, module: nn.Module, stats: InputNormStats) -> None:

@@ -11,7 +11,12 @@ __all__ = ["CalibratedPruneConfig", "WandaPruneConfig"]
 
 @dataclasses.dataclass
 class CalibratedPruneConfig(StepConfig):
-    """Options shared by pruners that read calibration activations (wanda, sparsegpt)."""
+    """Options shared by pruners that read calibration activations (wanda, sparsegpt).
+
+    The output head (``lm_head``, a Hugging Face model's output embeddings, a Linear tied to an
+    embedding) and the embeddings are left alone unless ``targets`` names them explicitly (by
+    name or ``re:`` regex), as Wanda, SparseGPT and llm-compressor do; each is reported as skipped.
+    """
 
     method: str = ""
     sparsity: float = 0.5
@@ -35,7 +40,7 @@ class WandaPruneConfig(CalibratedPruneConfig):
     """Wanda: prune by ``|W| · ‖X‖`` per output row, using calibration inputs (no weight update).
 
     ```yaml
-    - prune: {method: wanda, sparsity: 0.5, ignore: [lm_head]}
+    - prune: {method: wanda, sparsity: 0.5}
     - prune: {method: wanda, pattern: "2:4", ignore: [lm_head]}     # N:M semi-structured
     ```
     Each output row of every selected Linear loses exactly ``sparsity`` of its weights (Wanda's
