@@ -7,12 +7,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import torch
 from torch import nn
 
-from slimkit.core.errors import UnsupportedModelError
+from slimkit.core.errors import DataError, UnsupportedModelError
 
-__all__ = ["Workload", "task_of", "workload_for", "TASKS"]
+__all__ = ["Workload", "task_of", "workload_for", "train_batches", "TASKS"]
 
 TASKS = ("causal-lm", "embedding", "image-classification")
 _ZOO_TASKS = {
@@ -59,6 +58,30 @@ def workload_for(task: str, tokenizer: Any = None, *, seq_len: int = 256, eval_b
     raise UnsupportedModelError(f"unknown task {task!r}; known tasks are {list(TASKS)}")
 
 
+def train_batches(work: Workload, processes: int = 1) -> list[Any]:
+    """Training data for a recipe's training steps (finetune, distill, QAT, gradual pruning): the
+    calibration sequences of the train split (never the held-out test split).
+
+    Causal LM: batches of ``processes`` consecutive sequences (one per data-parallel process, so
+    every rank of ``--nproc N`` gets a row) with ``labels`` = ``input_ids``, the language-modelling
+    target (the model shifts it by one); sequences beyond a multiple of ``processes`` are left out.
+    Distillation on these batches mixes that next-token loss in with weight ``1 - alpha``.
+    Other tasks: the calibration batches unchanged (unlabelled: distillation learns from the teacher,
+    and a finetune step says it needs labels).
+    """
+    if work.task != "causal-lm":
+        return list(work.calib)
+    import torch
+
+    ids = torch.cat([b["input_ids"] for b in work.calib])
+    if ids.shape[0] < processes:
+        raise DataError(f"{ids.shape[0]} training sequences cannot give each of {processes} processes a row; "
+                        f"use --calib-batches {processes} or more")
+    n = ids.shape[0] // processes
+    return [{"input_ids": ids[i * processes:(i + 1) * processes],
+             "labels": ids[i * processes:(i + 1) * processes].clone()} for i in range(n)]
+
+
 def _causal_lm(tok: Any, seq_len: int, eval_batches: int, calib_batches: int, latency_tokens: int) -> Workload:
     from slimkit import zoo
     from slimkit.measure import Perplexity
@@ -82,35 +105,11 @@ def _embedding(tok: Any, calib_batches: int) -> Workload:
 
 
 def _images(calib_batches: int) -> Workload:
-    from slimkit.measure import Agreement
+    """Crops of the zoo's ``photos``: calibration from the ``calib`` photos, top-1/top-5
+    agreement with the uncompressed model on the held-out ``test`` photos (disjoint by photo)."""
+    from slimkit import zoo
+    from slimkit.measure import TopKAgreement
 
-    test = natural_image_batches(seed=1, batches=4)
-    calib = natural_image_batches(seed=0, batches=calib_batches)
-    return Workload("image-classification", calib, Agreement(test), test[0][:1], None)
-
-
-def natural_image_batches(*, seed: int, batches: int, batch_size: int = 16, size: int = 224) -> list[torch.Tensor]:
-    """Random 224×224 crops of the two real photos scikit-learn ships, ImageNet-normalised.
-
-    No ImageNet images can be had offline; crops of real photographs are natural-image inputs on
-    which top-1 agreement with the uncompressed model is meaningful. Seeds 0 (calibration) and 1
-    (evaluation) draw different crops.
-    """
-    from sklearn.datasets import load_sample_images
-
-    photos = [torch.tensor(img).permute(2, 0, 1).float() / 255 for img in load_sample_images().images]
-    gen = torch.Generator().manual_seed(seed)
-    mean = torch.tensor([0.485, 0.456, 0.406]).reshape(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).reshape(3, 1, 1)
-    out = []
-    for _ in range(batches):
-        crops = []
-        for _ in range(batch_size):
-            img = photos[int(torch.randint(len(photos), (1,), generator=gen))]
-            side = int(torch.randint(160, min(img.shape[1:]) + 1, (1,), generator=gen))
-            y = int(torch.randint(img.shape[1] - side + 1, (1,), generator=gen))
-            x = int(torch.randint(img.shape[2] - side + 1, (1,), generator=gen))
-            crop = img[:, y:y + side, x:x + side].unsqueeze(0)
-            crops.append(nn.functional.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False))
-        out.append((torch.cat(crops) - mean) / std)
-    return out
+    test = zoo.load_data("photos", "test")
+    calib = zoo.load_data("photos", "calib", max_batches=calib_batches)
+    return Workload("image-classification", calib, TopKAgreement(test), test[0][:1], None)
