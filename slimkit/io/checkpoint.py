@@ -1,7 +1,8 @@
 """``sk.save`` / ``sk.load``: a directory with ``model.safetensors`` and ``slimkit.json``.
 
 Writing is atomic: everything goes into a hidden temporary directory beside the target, which is
-renamed into place only when complete, and removed on any failure (Ctrl-C included). Loading never
+renamed into place only when complete, and removed on any failure (Ctrl-C included); an existing
+directory is replaced only if slimkit wrote it (:mod:`slimkit.io.outputs`). Loading never
 unpickles: tensors come only from safetensors, which stores raw bytes plus a JSON header.
 """
 from __future__ import annotations

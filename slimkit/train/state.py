@@ -100,7 +100,8 @@ def load_latest_train_state(directory: str | Path, model: nn.Module, optimizer: 
                             scheduler: Any, params: list[nn.Parameter], fingerprint: str) -> TrainState | None:
     """Restore the newest complete state under ``directory`` into the given objects, or ``None``.
 
-    Raises :class:`CheckpointError` when the state belongs to a different run (model or budget).
+    Raises :class:`CheckpointError` when the state belongs to a different run (model or budget), or
+    when it cannot be read back (garbage or truncated files, missing keys or tensors), naming it.
     """
     root = Path(directory)
     latest = _latest(root) if root.exists() else None
