@@ -43,10 +43,8 @@ def run_compress(args: argparse.Namespace) -> int:
     with _status("preparing calibration and held-out data", show):
         work = workload_for(task_of(model, zoo_name), tok, calib_batches=args.calib_batches,
                             eval_batches=args.eval_batches)
-    # training steps (distill / finetune) learn from the train split, unlabeled: distillation
-    # targets come from the teacher (the input model by default)
     result = sk.compress(model, recipe, calib=work.calib, eval=work.evaluator, example_inputs=work.example_inputs,
-                         train=work.calib if recipe.needs() & {"train"} else None, progress=show, name=str(ref))
+                         train=_train_data(recipe, work), progress=show, name=str(ref))
     from slimkit.parallel import is_main_process
 
     if not is_main_process():  # under --nproc only rank 0 writes the output
@@ -57,6 +55,18 @@ def run_compress(args: argparse.Namespace) -> int:
     if not args.json:
         console.print(f"saved to {out}")
     return 0
+
+
+def _train_data(recipe: Any, work: Any) -> list[Any] | None:
+    """Training batches when a step trains (finetune / distill / ...): the train split, causal LMs
+    labelled with their own tokens, one row per process of ``--nproc`` (this run's world size)."""
+    if "train" not in recipe.needs():
+        return None
+    from slimkit.cli.workloads import train_batches
+    from slimkit.parallel import ensure_process_group, world_size
+
+    ensure_process_group()  # under torchrun (--nproc N) every worker sees the world size
+    return train_batches(work, world_size())
 
 
 # ----------------------------------------------------------------------------- eval
