@@ -68,9 +68,15 @@ def _swap(model: nn.Module, layers: dict[str, nn.Linear], level: dict[str, int],
         replace_module(model, name, lin if b == FLOAT else rtn_linear(lin, b, cfg.group_size, cfg.symmetric, cfg.runtime))
 
 
-def _budget_cut(path, cfg: MixedConfig, model: nn.Module, layers, costs) -> int:
-    total = sum(t.numel() * t.element_size() for t in weight_tensors(model))
-    fixed = total - sum(4 * m.weight.numel() for m in layers.values())
+def _stored_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in weight_tensors(model))
+
+
+def _budget_cut(path, cfg: MixedConfig, model: nn.Module, layers, costs, total: int) -> int:
+    """Longest prefix of the upgrade path under the budget. ``total`` is the model's bytes before the
+    step (what ``target_ratio`` is a fraction of); the head and embeddings are already stored at
+    ``head_bits`` here, so their real bytes count as fixed."""
+    fixed = _stored_bytes(model) - sum(4 * m.weight.numel() for m in layers.values())
     budget = cfg.target_bytes if cfg.target_bytes is not None else int(cfg.target_ratio * total)
     used = fixed + sum(c[0] for c in costs.values())
     if used > budget:
@@ -108,6 +114,8 @@ def quantize_mixed(model: nn.Module, cfg: MixedConfig, ctx: RunContext) -> nn.Mo
     """Choose each Linear's bits from measured sensitivity under the budget, then quantize (RTN)."""
     calib = ctx.require("calib", "quantize:mixed")
     layers = dict(select_linears(model, cfg, ctx, "quantize"))
+    total = _stored_bytes(model)
+    quantize_heads(model, cfg, ctx)  # first, so the budget plans with the head's real (int8) bytes
     levels = sorted(set(cfg.bits_choices)) + ([FLOAT] if cfg.allow_float else [])
     costs = {n: [layer_bytes(m.out_features, m.in_features, b, cfg.group_size, cfg.symmetric) for b in levels]
              for n, m in layers.items()}
@@ -116,7 +124,7 @@ def quantize_mixed(model: nn.Module, cfg: MixedConfig, ctx: RunContext) -> nn.Mo
     if cfg.max_quality_drop is not None:
         upto = _quality_cut(path, cfg, model, layers, levels, calib, ctx)
     else:
-        upto = _budget_cut(path, cfg, model, layers, costs)
+        upto = _budget_cut(path, cfg, model, layers, costs, total)
     level = _assignment(path, upto, list(layers))
     histogram: dict[str, int] = {}
     for name, lin in layers.items():
@@ -124,7 +132,6 @@ def quantize_mixed(model: nn.Module, cfg: MixedConfig, ctx: RunContext) -> nn.Mo
         histogram[str(b) if b != FLOAT else "fp32"] = histogram.get(str(b) if b != FLOAT else "fp32", 0) + 1
         if b != FLOAT:
             install(model, name, rtn_linear(lin, b, cfg.group_size, cfg.symmetric, cfg.runtime))
-    quantize_heads(model, cfg, ctx)
     ctx.note("bits_histogram", histogram)
     ctx.note("upgrades_taken", f"{upto}/{len(path)}")
     finish_notes(model, ctx, sum(v for k, v in histogram.items() if k != "fp32"))
