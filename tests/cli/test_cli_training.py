@@ -18,6 +18,8 @@ import torch
 
 import slimkit as sk
 from slimkit.cli.main import main
+from slimkit.cli.workloads import Workload, train_batches
+from slimkit.core.errors import DataError
 from slimkit.core.provenance import set_base
 
 SLIMKIT = str(Path(sys.executable).with_name("slimkit"))
@@ -49,6 +51,24 @@ def _recipe(tmp_path: Path, text: str) -> str:
 def _changed(a: torch.nn.Module, b: torch.nn.Module) -> list[str]:
     sb = b.state_dict()
     return [k for k, v in a.state_dict().items() if not torch.allclose(v, sb[k])]
+
+
+def _lm_workload(n: int) -> Workload:
+    calib = [{"input_ids": torch.arange(i * 4, i * 4 + 4).reshape(1, 4)} for i in range(n)]
+    return Workload("causal-lm", calib, None, calib[0], 4)
+
+
+def test_train_batches_label_causal_lm_text_with_its_tokens_one_row_per_process() -> None:
+    one = train_batches(_lm_workload(5), 1)
+    assert len(one) == 5 and torch.equal(one[2]["labels"], one[2]["input_ids"])
+    assert one[2]["input_ids"].tolist() == [[8, 9, 10, 11]]
+    two = train_batches(_lm_workload(5), 2)  # the fifth sequence cannot be split across 2 ranks
+    assert [b["input_ids"].shape[0] for b in two] == [2, 2]
+    assert two[1]["labels"].tolist() == [[8, 9, 10, 11], [12, 13, 14, 15]]
+    with pytest.raises(DataError, match="3 processes.*--calib-batches 3"):
+        train_batches(_lm_workload(2), 3)
+    images = Workload("image-classification", [torch.zeros(4, 3, 8, 8)], None, None, None)
+    assert train_batches(images, 2)[0].shape == (4, 3, 8, 8)  # unlabelled batches pass as they are
 
 
 def test_finetune_a_causal_lm_from_the_cli(tiny_lm: Path, tmp_path: Path, capsys) -> None:
