@@ -1,0 +1,169 @@
+"""ONNX decoder export of Llama-family causal LMs: ORT logits and KV-cache greedy decoding equal
+slimkit's model in torch, and MatMulNBits holds slimkit's own codes (no re-quantization)."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import slimkit as sk
+from slimkit.export.onnx_decoder import export_decoder
+from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLinear
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+VOCAB, LAYERS, KV_HEADS, HEAD_DIM = 100, 2, 1, 16
+
+
+def _compress(model: torch.nn.Module, method: str) -> torch.nn.Module:
+    if method == "fp32":
+        return model
+    torch.manual_seed(1)
+    calib = [torch.randint(0, VOCAB, (1, 16)) for _ in range(4)]
+    recipe = {"steps": [{"quantize": {"method": method, "bits": 4, "group_size": 32}}]}
+    return sk.compress(model, recipe, calib=calib, progress=False).model
+
+
+def _export(model: torch.nn.Module, tmp_path: Path, accuracy_level: int = 0) -> "ort.InferenceSession":
+    name = export_decoder(model, tmp_path, SimpleNamespace(accuracy_level=accuracy_level, opset=21, tokenizer=None))
+    assert name == "model.onnx"
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(tmp_path / name), opts, providers=["CPUExecutionProvider"])
+
+
+def _empty_past(batch: int = 1) -> dict[str, np.ndarray]:
+    return {f"past_key_values.{i}.{k}": np.zeros((batch, KV_HEADS, 0, HEAD_DIM), np.float32)
+            for i in range(LAYERS) for k in ("key", "value")}
+
+
+def _run(sess: "ort.InferenceSession", ids: np.ndarray, past: dict[str, np.ndarray], total: int) -> tuple[np.ndarray, dict]:
+    feed = {"input_ids": ids, "attention_mask": np.ones((ids.shape[0], total), np.int64), **past}
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(None, feed)))
+    present = {f"past_key_values.{i}.{k}": out[f"present.{i}.{k}"] for i in range(LAYERS) for k in ("key", "value")}
+    return out["logits"], present
+
+
+def _torch_logits(model: torch.nn.Module, ids: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(ids).logits.float().numpy()
+
+
+@pytest.mark.parametrize("method", ["fp32", "rtn", "gptq"])
+def test_prompt_logits_match_slimkit_model(make_llama, tmp_path, method):
+    """accuracy_level 0: ORT computes in fp32 from the same dequantized weights -> 1e-5 agreement."""
+    model = _compress(make_llama(), method)
+    sess = _export(model, tmp_path, accuracy_level=0)
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(3))
+    logits, present = _run(sess, ids.numpy(), _empty_past(), 12)
+    ref = _torch_logits(model, ids)
+    assert logits.shape == (1, 12, VOCAB)
+    assert np.abs(logits - ref).max() < 1e-5
+    assert present["past_key_values.1.key"].shape == (1, KV_HEADS, 12, HEAD_DIM)
+
+
+def test_int8_activation_kernels_stay_close(make_llama, tmp_path):
+    """The default accuracy_level 4 (int8 activations inside MatMulNBits, as the peer ships) stays within 2 %."""
+    model = _compress(make_llama(), "rtn")
+    sess = _export(model, tmp_path, accuracy_level=4)
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(4))
+    logits, _ = _run(sess, ids.numpy(), _empty_past(), 12)
+    ref = _torch_logits(model, ids)
+    err = np.abs(logits - ref).max()
+    assert 0 < err < 0.02 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("method", ["fp32", "rtn", "gptq"])
+def test_kv_cache_greedy_decoding_matches_torch(make_llama, tmp_path, method):
+    """Prefill then 8 single-token steps feeding present -> past give torch's greedy tokens (full recompute)."""
+    model = _compress(make_llama(seed=2), method)
+    sess = _export(model, tmp_path, accuracy_level=0)
+    prompt = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(5))
+
+    seq = prompt.clone()
+    for _ in range(9):
+        nxt = int(_torch_logits(model, seq)[0, -1].argmax())
+        seq = torch.cat([seq, torch.tensor([[nxt]])], dim=1)
+    want = seq[0, 6:].tolist()
+
+    logits, past = _run(sess, prompt.numpy(), _empty_past(), 6)
+    got = [int(logits[0, -1].argmax())]
+    for step in range(8):
+        logits, past = _run(sess, np.array([[got[-1]]], np.int64), past, 7 + step)
+        assert logits.shape == (1, 1, VOCAB)
+        got.append(int(logits[0, -1].argmax()))
+    assert past["past_key_values.0.value"].shape == (1, KV_HEADS, 14, HEAD_DIM)
+    assert got == want
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+
+def _nibbles(b: np.ndarray, n: int, k: int) -> np.ndarray:
+    flat = b.reshape(n, -1)
+    return np.stack([flat & 0xF, flat >> 4], axis=-1).reshape(n, -1)[:, :k]
+
+
+def test_matmul_nbits_hold_slimkit_codes(make_llama, tmp_path):
+    """Every MatMulNBits / GatherBlockQuantized initializer decodes to slimkit's codes, scales and zeros."""
+    model = _compress(make_llama(), "gptq")
+    export_decoder(model, tmp_path, SimpleNamespace(accuracy_level=4, opset=21, tokenizer=None))
+    inits = _initializers(tmp_path / "model.onnx")
+    proto = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MatMulNBits") == LAYERS * 5 + 1  # qkv, o, gate, up, down per layer + lm_head
+    assert "MatMul" not in ops
+
+    for i, layer in enumerate(model.model.layers):
+        attn = layer.self_attn
+        qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+        codes = torch.cat([m.codes() for m in qkv]).numpy()
+        p = f"model.layers.{i}.self_attn.qkv_proj"
+        n, k = codes.shape
+        assert np.array_equal(_nibbles(inits[f"{p}.qweight"], n, k), codes)
+        assert np.array_equal(inits[f"{p}.scales"], torch.cat([m.scales for m in qkv]).float().numpy().reshape(-1))
+        zeros = torch.cat([m.zeros for m in qkv]).numpy()  # one group per row here: zero in the low nibble
+        assert np.array_equal(inits[f"{p}.qzeros"] & 0xF, zeros.reshape(-1))
+        down = layer.mlp.down_proj
+        p = f"model.layers.{i}.mlp.down_proj"
+        got = _nibbles(inits[f"{p}.qweight"], down.out_features, down.in_features)
+        assert np.array_equal(got, down.codes().numpy())
+        z = _nibbles(inits[f"{p}.qzeros"], down.out_features, 2)  # K=64, group 32: two zeros per byte
+        s = inits[f"{p}.scales"].reshape(down.out_features, 2)
+        deq = (got.astype(np.float32) - np.repeat(z, 32, axis=1)) * np.repeat(s, 32, axis=1)
+        assert np.array_equal(deq, down.dequantize().numpy())  # bit-exact: nothing re-quantized
+
+    head = model.lm_head
+    assert isinstance(head, WeightOnlyLinear) and head.bits == 8
+    assert np.array_equal(inits["lm_head.qweight"].reshape(VOCAB, -1), head.codes().numpy())
+    emb = model.model.embed_tokens
+    assert isinstance(emb, WeightOnlyEmbedding)
+    assert np.array_equal(inits["model.embed_tokens.qweight"], emb.codes().numpy())
+
+
+def test_not_llama_is_refused(make_gpt2, tmp_path):
+    with pytest.raises(sk.UnsupportedModelError, match="gpt2"):
+        export_decoder(make_gpt2(), tmp_path, SimpleNamespace(accuracy_level=4, opset=21))
+
+
+@pytest.mark.parametrize("bits,group,match", [(4, 24, "group_size 24"), (3, 32, "int3")])
+def test_unmappable_layout_names_layer(make_llama, tmp_path, bits, group, match):
+    model = make_llama()
+    proj = model.model.layers[1].mlp.up_proj
+    model.model.layers[1].mlp.up_proj = WeightOnlyLinear.from_weight(proj.weight.detach(), None, bits, group, False)
+    with pytest.raises(sk.UnsupportedModelError, match=rf"model\.layers\.1\.mlp\.up_proj.*{match}"):
+        export_decoder(model, tmp_path, SimpleNamespace(accuracy_level=4, opset=21))
+
+
+def test_bad_accuracy_level_is_config_error(make_llama, tmp_path):
+    with pytest.raises(sk.ConfigError, match="accuracy_level 7"):
+        export_decoder(make_llama(), tmp_path, SimpleNamespace(accuracy_level=7, opset=21))
