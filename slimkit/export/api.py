@@ -41,6 +41,8 @@ class ExportOptions:
     example_inputs: Any = None
     dequantize: bool = False
     opset: int = 21
+    #: MatMulNBits compute: 4 = int8 activations inside the kernel (fastest, what onnxruntime-genai ships), 0 = fp32
+    accuracy_level: int = 4
 
 
 def register_exporter(fmt: str) -> Callable[[Exporter], Exporter]:

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from slimkit.core.errors import ConfigError, UnsupportedModelError
+from slimkit.export.api import ExportOptions
 
 __all__ = ["export_decoder", "is_llama_family", "matmul_nbits_arrays", "MATMUL_NBITS_BITS"]
 
@@ -241,18 +242,15 @@ def _embedding(g: _Graph, model: nn.Module, ids: str) -> tuple[str, nn.Module]:
         inputs = [g.init(f"{name}.qweight", data), ids,
                   g.init(f"{name}.scales", emb.scales.float().numpy())]
         if not emb.symmetric:
-            inputs.append(g.init(f"{name}.qzeros", _pack(emb.zeros.to(torch.uint8), emb.bits).numpy()
-                                 if emb.scales.shape[1] % 2 == 0 or emb.bits == 8 else _odd_zeros(emb)))
+            zz = emb.zeros.to(torch.uint8)
+            if emb.bits == 4 and zz.shape[1] % 2:  # two int4 zeros per byte: pad an odd row
+                zz = nn.functional.pad(zz, (0, 1), value=8)
+            inputs.append(g.init(f"{name}.qzeros", _pack(zz, emb.bits).numpy()))
         out = g.one("GatherBlockQuantized", inputs, name="/model/embed_tokens/GatherBlockQuantized", domain=_MS,
                     bits=emb.bits, block_size=block, gather_axis=0, quantize_axis=1)
         return out, emb
     raise UnsupportedModelError(
         f"model.embed_tokens: {type(emb).__name__} has no ONNX mapping (nn.Embedding or slimkit WeightOnlyEmbedding)")
-
-
-def _odd_zeros(emb: nn.Module) -> np.ndarray:
-    zz = nn.functional.pad(emb.zeros.to(torch.uint8), (0, 1), value=2 ** (emb.bits - 1))
-    return _pack(zz, emb.bits).numpy()
 
 
 def _lm_head(g: _Graph, model: nn.Module, x: str, emb: nn.Module, accuracy_level: int) -> str:
@@ -368,7 +366,7 @@ def _model_proto(g: _Graph, kv_heads: list[int], hd: int, vocab: int, opset: int
                              producer_name="slimkit")
 
 
-def export_decoder(model: nn.Module, tmp_dir: Path, options: Any) -> str:
+def export_decoder(model: nn.Module, tmp_dir: Path, options: ExportOptions) -> str:
     """Write ``tmp_dir/model.onnx``: the Llama-family causal LM ``model`` with KV-cache inputs/outputs,
     weight-only layers as MatMulNBits from slimkit's codes; returns ``"model.onnx"``.
 
@@ -377,10 +375,10 @@ def export_decoder(model: nn.Module, tmp_dir: Path, options: Any) -> str:
     import onnx
 
     _check_model(model)
-    accuracy_level = int(getattr(options, "accuracy_level", 4))
-    if accuracy_level not in (0, 1, 2, 3, 4):
+    accuracy_level = options.accuracy_level
+    if accuracy_level not in (0, 1, 2, 3, 4):  # validated here: ExportOptions is a plain dataclass
         raise ConfigError(f"accuracy_level {accuracy_level!r} is not a MatMulNBits accuracy level; valid: 0-4")
-    opset = int(getattr(options, "opset", 21))
+    opset = options.opset
     with torch.no_grad():
         g, kv_heads, hd, vocab = _build(model, accuracy_level)
     proto = _model_proto(g, kv_heads, hd, vocab, opset)
@@ -388,7 +386,6 @@ def export_decoder(model: nn.Module, tmp_dir: Path, options: Any) -> str:
     big = sum(t.ByteSize() for t in proto.graph.initializer) > _EXTERNAL_DATA_BYTES
     onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
                     location="model.onnx.data")
-    tok = getattr(options, "tokenizer", None)
-    if tok is not None and hasattr(tok, "save_pretrained"):
-        tok.save_pretrained(str(tmp_dir))
+    if options.tokenizer is not None and hasattr(options.tokenizer, "save_pretrained"):
+        options.tokenizer.save_pretrained(str(tmp_dir))  # the runtime side needs it to encode prompts
     return "model.onnx"

@@ -3,13 +3,13 @@ slimkit's model in torch, and MatMulNBits holds slimkit's own codes (no re-quant
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import slimkit as sk
+from slimkit.export.api import ExportOptions
 from slimkit.export.onnx_decoder import export_decoder
 from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLinear
 
@@ -29,7 +29,7 @@ def _compress(model: torch.nn.Module, method: str) -> torch.nn.Module:
 
 
 def _export(model: torch.nn.Module, tmp_path: Path, accuracy_level: int = 0) -> "ort.InferenceSession":
-    name = export_decoder(model, tmp_path, SimpleNamespace(accuracy_level=accuracy_level, opset=21, tokenizer=None))
+    name = export_decoder(model, tmp_path, ExportOptions(accuracy_level=accuracy_level))
     assert name == "model.onnx"
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
@@ -116,7 +116,7 @@ def _nibbles(b: np.ndarray, n: int, k: int) -> np.ndarray:
 def test_matmul_nbits_hold_slimkit_codes(make_llama, tmp_path):
     """Every MatMulNBits / GatherBlockQuantized initializer decodes to slimkit's codes, scales and zeros."""
     model = _compress(make_llama(), "gptq")
-    export_decoder(model, tmp_path, SimpleNamespace(accuracy_level=4, opset=21, tokenizer=None))
+    export_decoder(model, tmp_path, ExportOptions())
     inits = _initializers(tmp_path / "model.onnx")
     proto = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
     ops = [n.op_type for n in proto.graph.node]
@@ -152,7 +152,7 @@ def test_matmul_nbits_hold_slimkit_codes(make_llama, tmp_path):
 
 def test_not_llama_is_refused(make_gpt2, tmp_path):
     with pytest.raises(sk.UnsupportedModelError, match="gpt2"):
-        export_decoder(make_gpt2(), tmp_path, SimpleNamespace(accuracy_level=4, opset=21))
+        export_decoder(make_gpt2(), tmp_path, ExportOptions())
 
 
 @pytest.mark.parametrize("bits,group,match", [(4, 24, "group_size 24"), (3, 32, "int3")])
@@ -161,9 +161,9 @@ def test_unmappable_layout_names_layer(make_llama, tmp_path, bits, group, match)
     proj = model.model.layers[1].mlp.up_proj
     model.model.layers[1].mlp.up_proj = WeightOnlyLinear.from_weight(proj.weight.detach(), None, bits, group, False)
     with pytest.raises(sk.UnsupportedModelError, match=rf"model\.layers\.1\.mlp\.up_proj.*{match}"):
-        export_decoder(model, tmp_path, SimpleNamespace(accuracy_level=4, opset=21))
+        export_decoder(model, tmp_path, ExportOptions())
 
 
 def test_bad_accuracy_level_is_config_error(make_llama, tmp_path):
     with pytest.raises(sk.ConfigError, match="accuracy_level 7"):
-        export_decoder(make_llama(), tmp_path, SimpleNamespace(accuracy_level=7, opset=21))
+        export_decoder(make_llama(), tmp_path, ExportOptions(accuracy_level=7))
