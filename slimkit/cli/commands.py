@@ -155,7 +155,7 @@ def run_zoo(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from slimkit.cli.demo import demo
 
-    report = demo(out_dir=args.out, eval_batches=args.eval_batches, progress=not args.json,
+    report = demo(out_dir=args.out, eval_batches=args.eval_batches, progress=not args.json, tiny=args.tiny,
                   overwrite=args.overwrite)
     _print_report(report, args.json)
     if not args.json:

@@ -49,6 +49,8 @@ def _add_demo(sub: Any) -> None:
                    help="replace --out if it is a directory slimkit wrote (a directory holding other files is never touched)")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out chunks of 256 tokens (default 8 = 2,048 tokens)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--tiny", action="store_true",
+                   help="the same variants on a random 4-block Llama over byte tokens (a seconds-long smoke run)")
 
 
 def _add_compress(sub: Any) -> None:
