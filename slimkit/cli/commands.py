@@ -8,9 +8,9 @@ from typing import Any
 
 from rich.console import Console
 
-from slimkit.core.errors import CheckpointError
+from slimkit.core.errors import CheckpointError, DataError
 
-__all__ = ["run_demo", "run_compress", "run_eval", "run_inspect", "run_zoo"]
+__all__ = ["run_demo", "run_compress", "run_eval", "run_export", "run_inspect", "run_zoo"]
 
 # a pipe or CI log has no width: use a wide one so the table is not squeezed into 80 columns
 console = Console(width=None if sys.stdout.isatty() else 170)
@@ -28,7 +28,6 @@ def _status(text: str, show: bool = True) -> Any:
 def run_compress(args: argparse.Namespace) -> int:
     import slimkit as sk
     from slimkit.cli.models import load_model_ref, parse_model_ref
-    from slimkit.cli.workloads import task_of, workload_for
     from slimkit.io.outputs import check_replaceable
 
     recipe = sk.Recipe.from_yaml(args.recipe)  # validated before the model is loaded
@@ -41,8 +40,7 @@ def run_compress(args: argparse.Namespace) -> int:
     with _status(f"loading {ref}", show):
         model, tok, zoo_name = load_model_ref(ref)
     with _status("preparing calibration and held-out data", show):
-        work = workload_for(task_of(model, zoo_name), tok, calib_batches=args.calib_batches,
-                            eval_batches=args.eval_batches)
+        work = _workload(args, model, tok, zoo_name)
     result = sk.compress(model, recipe, calib=work.calib, eval=work.evaluator, example_inputs=work.example_inputs,
                          train=_train_data(recipe, work), progress=show, name=str(ref))
     from slimkit.parallel import is_main_process
@@ -55,6 +53,20 @@ def run_compress(args: argparse.Namespace) -> int:
     if not args.json:
         console.print(f"saved to {out}")
     return 0
+
+
+def _workload(args: argparse.Namespace, model: Any, tok: Any, zoo_name: str | None) -> Any:
+    """Calibration and held-out data: the user's ``--data`` (split by document) or the task's defaults."""
+    from slimkit.cli.workloads import task_of, workload_for, workload_from_files
+
+    task = task_of(model, zoo_name)
+    calib_batches = getattr(args, "calib_batches", 8)
+    if getattr(args, "data", None):
+        return workload_from_files(task, tok, args.data, args.eval_data, seq_len=args.seq_len,
+                                   calib_batches=calib_batches, eval_batches=args.eval_batches)
+    if getattr(args, "eval_data", None):
+        raise DataError("--eval-data needs --data (the calibration part)")
+    return workload_for(task, tok, calib_batches=calib_batches, eval_batches=args.eval_batches)
 
 
 def _train_data(recipe: Any, work: Any) -> list[Any] | None:
@@ -73,13 +85,12 @@ def _train_data(recipe: Any, work: Any) -> list[Any] | None:
 def run_eval(args: argparse.Namespace) -> int:
     import slimkit as sk
     from slimkit.cli.models import load_model_ref, parse_model_ref
-    from slimkit.cli.workloads import task_of, workload_for
 
     ref = parse_model_ref(args.model)
     show = not args.json
     with _status(f"loading {ref}", show):
         model, tok, zoo_name = load_model_ref(ref)
-    work = workload_for(task_of(model, zoo_name), tok, eval_batches=args.eval_batches)
+    work = _workload(args, model, tok, zoo_name)
     with _status("measuring", show):
         metrics = sk.measure(model, work.example_inputs)
         if hasattr(work.evaluator, "prepare"):
@@ -89,6 +100,25 @@ def run_eval(args: argparse.Namespace) -> int:
                                                "higher_is_better": work.evaluator.higher_is_better})
     report.add_variant(str(ref), metrics)
     _print_report(report, args.json)
+    return 0
+
+
+# ----------------------------------------------------------------------------- export
+def run_export(args: argparse.Namespace) -> int:
+    import slimkit as sk
+    from slimkit.cli.models import parse_model_ref
+
+    ref = parse_model_ref(args.dir)
+    if ref.kind not in ("dir", "hfdir"):
+        raise CheckpointError(f"export takes a saved slimkit directory or a Hugging Face directory, not {args.dir!r}")
+    with _status(f"exporting {ref.value} to {args.format}", not args.json):
+        path = sk.export(ref.value, args.out, format=args.format, overwrite=args.overwrite, dequantize=args.dequantize)
+    if args.json:
+        from slimkit.cli.main import print_json
+
+        print_json({"format": args.format, "path": str(path)})
+    else:
+        console.print(f"exported {args.format}: {path}")
     return 0
 
 

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_compress(sub)
     _add_eval(sub)
+    _add_export(sub)
     _add_inspect(sub)
     _add_zoo(sub)
     return parser
@@ -57,11 +58,13 @@ def _add_compress(sub: Any) -> None:
     p = sub.add_parser("compress", help="run a recipe on a model and save the result",
                        description="Run a YAML recipe on a model, measure before/after/each step on held-out "
                        "data, and save the checkpoint with report.{json,md,png} into --out.")
-    p.add_argument("--model", required=True, help="zoo:NAME, hf:ORG/NAME or a saved slimkit directory")
+    p.add_argument("--model", required=True, help="zoo:NAME, hf:ORG/NAME, a saved slimkit directory or a Hugging Face "
+                   "model directory (config.json + safetensors)")
     p.add_argument("--recipe", required=True, help="recipe YAML file")
     p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out if it is a directory slimkit wrote (a directory holding other files is never touched)")
+    _add_data_options(p)
     p.add_argument("--calib-batches", type=int, default=8, help="calibration batches from the train split")
     p.add_argument("--eval-batches", type=int, default=8, help="held-out evaluation batches from the test split")
     p.add_argument("--nproc", type=int, default=1,
@@ -73,9 +76,31 @@ def _add_compress(sub: Any) -> None:
 def _add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="measure a model: size, MACs, latency and held-out quality",
                        description="Measure params, checkpoint bytes, MACs, latency and held-out quality of a model.")
-    p.add_argument("--model", required=True, help="zoo:NAME, hf:ORG/NAME or a saved slimkit directory")
+    p.add_argument("--model", required=True, help="zoo:NAME, hf:ORG/NAME, a saved slimkit directory or a Hugging Face "
+                   "model directory (config.json + safetensors)")
+    _add_data_options(p)
     p.add_argument("--eval-batches", type=int, default=8, help="held-out evaluation batches")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+def _add_data_options(p: Any) -> None:
+    p.add_argument("--data", help="your data: a .txt/.md file or folder, a .jsonl/.csv with a 'text' column, or an "
+                   "image folder; split by document into calibration and held-out parts (default: the zoo's data)")
+    p.add_argument("--eval-data", help="the held-out part explicitly (then all of --data is calibration)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per text chunk for --data (default 256)")
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a model for ONNX Runtime, llama.cpp or plain transformers",
+                       description="Export a saved slimkit directory (or a Hugging Face directory) to ONNX, GGUF or "
+                       "a Hugging Face directory that transformers loads without slimkit.")
+    p.add_argument("dir", help="a saved slimkit directory or a Hugging Face model directory")
+    p.add_argument("--format", required=True, choices=["onnx", "gguf", "hf"], help="the target runtime's format")
+    p.add_argument("--out", required=True, help="output directory (must not exist unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a directory slimkit wrote (a directory holding other files is never touched)")
+    p.add_argument("--dequantize", action="store_true", help="write quantized layers as float weights (hf)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _add_inspect(sub: Any) -> None:
@@ -128,7 +153,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from slimkit.cli import commands
 
     handler = {"demo": commands.run_demo, "compress": commands.run_compress, "eval": commands.run_eval,
-               "inspect": commands.run_inspect, "zoo": commands.run_zoo}[args.command]
+               "export": commands.run_export, "inspect": commands.run_inspect, "zoo": commands.run_zoo}[args.command]
     return handler(args)
 
 

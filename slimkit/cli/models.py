@@ -1,4 +1,5 @@
-"""Resolving a ``--model`` argument: ``zoo:NAME``, ``hf:ORG/NAME`` or a saved directory."""
+"""Resolving a ``--model`` argument: ``zoo:NAME``, ``hf:ORG/NAME``, a saved slimkit directory or a
+local Hugging Face directory (``config.json`` + safetensors)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,7 +43,11 @@ def parse_model_ref(text: str) -> ModelRef:
     if not path.exists():
         raise CheckpointError(f"--model {text!r}: no such directory (use zoo:NAME, hf:ORG/NAME or a saved directory)")
     if not path.is_dir():
-        raise CheckpointError(f"--model {text!r} is a file; a saved slimkit checkpoint is a directory")
+        raise CheckpointError(f"--model {text!r} is a file; a saved slimkit checkpoint or a Hugging Face model is a directory")
+    from slimkit.zoo.local import is_hf_dir
+
+    if is_hf_dir(path):  # config.json + safetensors, no slimkit.json: the user's own model
+        return ModelRef("hfdir", str(path))
     return ModelRef("dir", str(path))
 
 
@@ -50,6 +55,7 @@ def load_model_ref(ref: ModelRef) -> tuple[nn.Module, Any, str | None]:
     """Load the model; returns (model, tokenizer or None, zoo name of its base or None)."""
     from slimkit import zoo
     from slimkit.io.checkpoint import load, read_manifest
+    from slimkit.zoo.local import tokenizer_for_base
 
     if ref.kind == "zoo":
         model, tok = zoo.load_model(ref.value)
@@ -57,8 +63,11 @@ def load_model_ref(ref: ModelRef) -> tuple[nn.Module, Any, str | None]:
     if ref.kind == "hf":
         model, tok = zoo.load_model(f"hf:{ref.value}")
         return model, tok, None
+    if ref.kind == "hfdir":
+        model, tok = zoo.load_model(ref.value)
+        return model, tok, None
     manifest = read_manifest(ref.value)
     base_zoo = manifest["base"].get("zoo")
     model = load(ref.value)
-    tok = zoo.load_tokenizer(base_zoo) if base_zoo else None
+    tok = tokenizer_for_base(manifest["base"])
     return model, tok, base_zoo

@@ -11,7 +11,7 @@ from torch import nn
 
 from slimkit.core.errors import DataError, UnsupportedModelError
 
-__all__ = ["Workload", "task_of", "workload_for", "train_batches", "TASKS"]
+__all__ = ["Workload", "task_of", "workload_for", "workload_from_files", "train_batches", "TASKS"]
 
 TASKS = ("causal-lm", "embedding", "image-classification")
 _ZOO_TASKS = {
@@ -56,6 +56,37 @@ def workload_for(task: str, tokenizer: Any = None, *, seq_len: int = 256, eval_b
     if task == "image-classification":
         return _images(calib_batches)
     raise UnsupportedModelError(f"unknown task {task!r}; known tasks are {list(TASKS)}")
+
+
+def workload_from_files(task: str, tokenizer: Any, data: str, eval_data: str | None = None, *, seq_len: int = 256,
+                        eval_batches: int = 8, calib_batches: int = 8, latency_tokens: int = 128) -> Workload:
+    """The user's own data (``--data FILE`` / ``--eval-data FILE``, see :func:`slimkit.data.load`): split by
+    document into calibration and held-out parts, evaluated the way :func:`workload_for` evaluates ``task``."""
+    from slimkit import data as sk_data
+    from slimkit.measure import CosineFidelity, Perplexity, TopKAgreement
+
+    if task == "image-classification":
+        calib, held = sk_data.load(data, eval_path=eval_data, batch_size=8)
+        calib, held = [_pixels(b) for b in calib[:calib_batches]], [_pixels(b) for b in held[:eval_batches]]
+        return Workload(task, calib, TopKAgreement(held), held[0][:1], None)
+    if tokenizer is None:
+        raise DataError(f"--data {data}: this model has no tokenizer, so text data cannot be tokenized for it")
+    if task not in ("causal-lm", "embedding"):
+        raise UnsupportedModelError(f"unknown task {task!r}; known tasks are {list(TASKS)}")
+    calib, held = sk_data.load(data, tokenizer=tokenizer, seq_len=seq_len, eval_path=eval_data)
+    if not isinstance(held[0], dict):
+        raise DataError(f"--data {data}: labelled rows are not supported on the command line for {task}; "
+                        "drop the label column or use the Python API")
+    calib, held = calib[:calib_batches], held[:eval_batches]
+    if task == "causal-lm":
+        example = {"input_ids": held[0]["input_ids"][:, :latency_tokens]}
+        return Workload(task, calib, Perplexity(held), example, example["input_ids"].shape[1])
+    return Workload(task, calib, CosineFidelity(held), held[0], int(held[0]["input_ids"].numel()))
+
+
+def _pixels(batch: Any) -> Any:
+    """Image batches without their folder labels (agreement with the uncompressed model needs none)."""
+    return batch[0] if isinstance(batch, tuple) else batch
 
 
 def train_batches(work: Workload, processes: int = 1) -> list[Any]:

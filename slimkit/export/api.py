@@ -67,7 +67,7 @@ def resolve_model(model_or_dir: nn.Module | str | Path, tokenizer: Any = None) -
         return model_or_dir, tokenizer
     from slimkit import zoo
     from slimkit.io.checkpoint import load, read_manifest
-    from slimkit.zoo.local import is_hf_dir
+    from slimkit.zoo.local import is_hf_dir, tokenizer_for_base
 
     path = Path(model_or_dir)
     if is_hf_dir(path):
@@ -76,21 +76,8 @@ def resolve_model(model_or_dir: nn.Module | str | Path, tokenizer: Any = None) -
     model = load(path)
     if tokenizer is None:
         base = read_manifest(path).get("base", {})
-        tokenizer = _base_tokenizer(base)
+        tokenizer = tokenizer_for_base(base)
     return model, tokenizer
-
-
-def _base_tokenizer(base: dict[str, Any]) -> Any:
-    """The tokenizer of a checkpoint's base model, when slimkit knows where it lives."""
-    from slimkit import zoo
-
-    if "zoo" in base:
-        return zoo.load_tokenizer(base["zoo"])
-    if "hf_dir" in base and Path(base["hf_dir"]).is_dir():
-        from slimkit.zoo.local import local_tokenizer
-
-        return local_tokenizer(Path(base["hf_dir"]))
-    return None
 
 
 def export(

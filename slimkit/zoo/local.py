@@ -16,7 +16,7 @@ from torch import nn
 from slimkit.core.errors import ConfigError
 from slimkit.core.provenance import set_base
 
-__all__ = ["is_hf_dir", "hf_task", "load_hf_dir", "local_tokenizer"]
+__all__ = ["is_hf_dir", "hf_task", "load_hf_dir", "local_tokenizer", "tokenizer_for_base"]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model")
 
@@ -90,3 +90,15 @@ def local_tokenizer(directory: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+
+
+def tokenizer_for_base(base: dict[str, Any]) -> Any:
+    """The tokenizer of a checkpoint's base model (its ``slimkit.json`` ``base`` record), when slimkit
+    knows where it lives: a zoo model, or the user's Hugging Face directory if it still exists."""
+    if "zoo" in base:
+        from slimkit.zoo.models import load_tokenizer
+
+        return load_tokenizer(base["zoo"])
+    if "hf_dir" in base and Path(base["hf_dir"]).is_dir():
+        return local_tokenizer(Path(base["hf_dir"]))
+    return None
