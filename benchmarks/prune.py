@@ -8,8 +8,9 @@ Run: ``.venv/bin/python benchmarks/prune.py`` → prints Markdown tables and wri
   global L1 magnitude as the peer. ``lm_head`` (tied to the embedding) is not pruned.
 * Structured: MobileNetV2 (channels) and MiniLM-L6 (attention heads + MLP neurons, MLP neurons
   alone, layer_width) at 70 % and 50 % of the dense MACs; latency ratio vs dense timed round-robin in
-  the same run (``sk.measure.compare_latency``), quality (top-1 agreement / embedding cosine with the
-  dense model, held-out inputs) before and after a short recovery distillation from the dense model
+  the same run (``sk.measure.compare_latency``), quality (top-1 / top-5 agreement with the dense
+  model on the held-out ``test`` photos of the zoo's ``photos`` set, recovery on its ``train``
+  photos; embedding cosine on held-out Shakespeare lines) before and after a short recovery distillation from the dense model
   through the shared training loop; Torch-Pruning's own ``MetaPruner`` (magnitude importance; for
   MiniLM with ``num_heads`` / ``prune_num_heads``) at the same ratios as the peer.
 
@@ -32,7 +33,6 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import slimkit as sk
-from slimkit.cli.workloads import natural_image_batches
 from slimkit.core.inputs import call_model, output_tensor
 from slimkit.measure.macs import count_macs
 from slimkit.train.loop import TrainOptions, train
@@ -206,47 +206,53 @@ def minilm_structured_section(lines: list[str], steps: int, rounds: int) -> None
     print("\n".join(lines[-len(models) - 6:]), flush=True)
 
 
-def structured_section(name: str, lines: list[str], steps: int) -> None:
+def structured_section(name: str, lines: list[str], steps: int, targets: tuple[float, ...] = (0.7, 0.5)) -> None:
+    """MobileNetV2 channels: recovery trains on the zoo's ``photos`` train split, agreement is
+    measured on the held-out ``test`` photos (disjoint by photo; see ``slimkit.zoo.photos``)."""
     model, _ = sk.zoo.load_model("mobilenet-v2")
-    calib = natural_image_batches(seed=0, batches=4, batch_size=8)
-    evalb = natural_image_batches(seed=1, batches=4, batch_size=16)
-    metric, example, gran, kind, lr = sk.Agreement(evalb), calib[0], "channel", "cnn", 1e-4
-    timing_inputs = calib[0][:4]
+    train_b = sk.zoo.load_data("photos", "train", batch_size=8)  # 8 photos x 8 crops
+    evalb = sk.zoo.load_data("photos", "test")  # 8 held-out photos x 8 crops
+    metric, example, gran, kind, lr = sk.TopKAgreement(evalb), train_b[0], "channel", "cnn", 1e-4
+    timing_inputs = evalb[0][:4]
     metric.prepare(model)
     dense_macs = count_macs(model, example)
     models: dict[str, nn.Module] = {"dense": model}
-    quality: dict[str, tuple[float, float | None]] = {"dense": (metric(model), None)}
+    quality: dict[str, tuple[dict[str, float], dict[str, float] | None]] = {"dense": (metric.scores(model), None)}
     macs: dict[str, float] = {"dense": 1.0}
-    for target in (0.7, 0.5):
+    for target in targets:
         for allocation in ("global", "uniform"):  # uniform last: its group ratio is the peer's ratio
             pruned, secs, notes = run("structured", model, {"method": "structured", "granularity": gran,
                                                             "target_macs": target, "round_to": 8,
                                                             "allocation": allocation}, example_inputs=example)
             label = f"slimkit structured {gran}, {allocation} allocation, target_macs {target}"
-            before = metric(pruned)
-            recovered = distill_recover(copy.deepcopy(pruned), model, calib, steps, lr)
+            before = metric.scores(pruned)
+            recovered = distill_recover(copy.deepcopy(pruned), model, train_b, steps, lr)
             models[label] = recovered
-            quality[label] = (before, metric(recovered))
+            quality[label] = (before, metric.scores(recovered))
             macs[label] = count_macs(recovered, example) / dense_macs
             print(label, notes, f"{secs:.0f}s", quality[label], flush=True)
         peer = tp_peer(model, example, notes["group_ratio"], kind)
         plabel = f"Torch-Pruning MetaPruner (peer), ratio {notes['group_ratio']:.3f}"
-        pbefore = metric(peer)
-        peer = distill_recover(peer, model, calib, steps, lr)
+        pbefore = metric.scores(peer)
+        peer = distill_recover(peer, model, train_b, steps, lr)
         models[plabel] = peer
-        quality[plabel] = (pbefore, metric(peer))
+        quality[plabel] = (pbefore, metric.scores(peer))
         macs[plabel] = count_macs(peer, example) / dense_macs
         print(plabel, quality[plabel], flush=True)
     lat = sk.measure.compare_latency(models, timing_inputs, runs=15)
     base = lat["dense"]["latency_ms"]
-    qname = "top-1 agreement" if kind == "cnn" else "embedding cosine"
     lines += [f"## {name}: structured pruning ({gran}), latency vs dense in the same run", "",
-              f"| model | MACs kept | latency ms (median) | × dense | {qname} after pruning | after {steps}-step recovery distillation |",
+              f"Agreement with the dense model on {sum(len(b) for b in evalb)} crops of the 8 held-out `test` "
+              f"photos; recovery distillation on {sum(len(b) for b in train_b)} crops of the 8 `train` photos "
+              f"(zoo dataset `photos`, split by photo). Latency: a batch of {len(timing_inputs)} test crops.", "",
+              f"| model | MACs kept | latency ms (median) | × dense | top-1 / top-5 agreement after pruning | "
+              f"after {steps}-step recovery distillation |",
               "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for k in models:
         q0, q1 = quality[k]
+        after = "-" if q1 is None else f"{q1['top1']:.4f} / {q1['top5']:.4f}"
         lines.append(f"| {k} | {macs[k]:.3f} | {lat[k]['latency_ms']:.1f} | {lat[k]['latency_ms'] / base:.2f} | "
-                     f"{q0:.4f} | {'-' if q1 is None else f'{q1:.4f}'} |")
+                     f"{q0['top1']:.4f} / {q0['top5']:.4f} | {after} |")
     lines.append("")
     print("\n".join(lines[-len(models) - 4:]), flush=True)
 
@@ -256,6 +262,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calib-batches", type=int, default=16)
     parser.add_argument("--recover-steps", type=int, default=30)
+    parser.add_argument("--mobilenet-targets", default="0.7,0.5", help="comma-separated target_macs (MobileNetV2 part)")
     parser.add_argument("--parts", default="llm,mobilenet-v2,minilm", help="comma-separated: llm, mobilenet-v2, minilm")
     parser.add_argument("--rounds", type=int, default=15, help="round-robin latency rounds (MiniLM part)")
     parser.add_argument("--out", default="docs/benchmarks/prune.md")
@@ -270,7 +277,8 @@ def main() -> None:
              "`benchmarks/prune.py`.", ""]
     parts = ["minilm" if p == "minilm-l6" else p for p in args.parts.split(",")]
     sections = [("llm", lambda: llm_section(args.calib_batches, lines)),
-                ("mobilenet-v2", lambda: structured_section("mobilenet-v2", lines, args.recover_steps)),
+                ("mobilenet-v2", lambda: structured_section("mobilenet-v2", lines, args.recover_steps,
+                                                                   tuple(float(t) for t in args.mobilenet_targets.split(",")))),
                 ("minilm", lambda: minilm_structured_section(lines, args.recover_steps, args.rounds))]
     for name, section in sections:
         if name in parts:

@@ -5,8 +5,9 @@ Markdown tables and writes ``docs/benchmarks/quantize_encoders.md`` (a part not 
 section of the existing doc, so each part can be re-timed alone). All variants of a table are timed round-robin in one
 process (``sk.measure.compare_latency``) with a fixed thread count and the same inputs, so machine
 noise hits them alike; speed-ups are to the torch fp32 median of the same run. Cosine is computed
-on held-out Shakespeare lines never used for calibration; MobileNetV2 agreement on held-out
-natural-image crops (seed 1; calibration uses seed 0).
+on held-out Shakespeare lines never used for calibration; MobileNetV2 top-1 / top-5 agreement
+with fp32 on crops of the 8 held-out ``test`` photos of the zoo's ``photos`` set (calibration on
+its 5 ``calib`` photos; the split is by photo, see ``slimkit.zoo.photos``).
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.cli.workloads import natural_image_batches
 from slimkit.core.registry import methods_of
+from slimkit.zoo.photos import photo_names
 
 
 class OrtEncoder(nn.Module):
@@ -170,22 +171,43 @@ MOBILENET_RECIPES = {
 }
 
 
-def mobilenet_table(rounds: int, threads: int, calib_batches: int) -> list[str]:
-    model, _ = sk.zoo.load_model("mobilenet-v2")
+EFFICIENTNET_RECIPES = {
+    "slimkit static_int8 per layer (graph: off)": {"method": "static_int8", "graph": "off"},
+    "slimkit static_int8 per layer (graph: off, percentile 99.99)": {"method": "static_int8", "graph": "off",
+                                                                     "observer": "percentile"},
+    "slimkit static_int8 graph (minmax)": {"method": "static_int8"},
+}
+# (zoo model, input normalisation, recipes): EfficientNet-Lite0 takes [-1, 1] inputs
+IMAGE_PARTS = {
+    "mobilenet": ("mobilenet-v2", "imagenet", MOBILENET_RECIPES),
+    "efficientnet": ("efficientnet-lite0", "symmetric", EFFICIENTNET_RECIPES),
+}
+
+
+def image_table(rounds: int, threads: int, calib_batches: int, part: str = "mobilenet") -> list[str]:
+    """One image model's int8 table (``part`` names the model in IMAGE_PARTS)."""
+    zoo_name, normalize, recipes = IMAGE_PARTS[part]
+    model, _ = sk.zoo.load_model(zoo_name)
     model.eval()
-    calib = natural_image_batches(seed=0, batches=calib_batches, batch_size=16)
-    held_out = natural_image_batches(seed=1, batches=4, batch_size=16)
-    agree = sk.Agreement(held_out)
+    n_calib = len(photo_names("calib"))
+    calib = sk.zoo.load_data("photos", "calib", crops_per_photo=-(-16 * calib_batches // n_calib),
+                             max_batches=calib_batches, normalize=normalize)
+    held_out = sk.zoo.load_data("photos", "test", normalize=normalize)  # 8 held-out photos x 8 crops
+    agree = sk.TopKAgreement(held_out)
     agree.prepare(model)
     x_all = torch.cat(held_out)
     with torch.no_grad():
         ref = model(x_all)
     models: dict[str, nn.Module] = {"torch fp32": model}
     calib_s: dict[str, float] = {}
-    for label, step in MOBILENET_RECIPES.items():
+    failed: dict[str, str] = {}  # variants that raised, named under the table with their error
+    for label, step in recipes.items():
         start = time.time()
-        models[label] = sk.compress(model, {"steps": [{"quantize": step}]}, calib=calib, measure=False,
-                                    progress=False).model
+        try:
+            models[label] = sk.compress(model, {"steps": [{"quantize": step}]}, calib=calib, measure=False,
+                                        progress=False).model
+        except sk.SlimkitError as exc:
+            failed[label] = f"{type(exc).__name__}: {exc}"
         calib_s[label] = time.time() - start
     try:
         start = time.time()
@@ -193,23 +215,28 @@ def mobilenet_table(rounds: int, threads: int, calib_batches: int) -> list[str]:
         calib_s["torch.ao FX default x86 qconfig (peer)"] = time.time() - start
     except Exception as exc:  # noqa: BLE001
         print(f"torch.ao FX: failed: {exc!r}", file=sys.stderr)
+        failed["torch.ao FX default x86 qconfig (peer)"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     one = held_out[0][:1]
     times1 = sk.measure.compare_latency(models, one, runs=rounds, threads=threads)
     times16 = sk.measure.compare_latency(models, held_out[0], runs=max(3, rounds // 2), threads=threads)
     b1, b16 = times1["torch fp32"]["latency_ms"], times16["torch fp32"]["latency_ms"]
     lines = ["| variant | batch 1 median ms | speed-up b1 | batch 16 median ms | speed-up b16 | top-1 agreement | "
-             "logit SQNR dB | GMACs (b1) | checkpoint MiB | quantize s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "top-5 agreement | logit SQNR dB | GMACs (b1) | checkpoint MiB | quantize s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for k, m in models.items():
         with torch.no_grad():
             out = m(x_all)
         sqnr = float(10 * torch.log10(ref.pow(2).sum() / (ref - out).pow(2).sum())) if k != "torch fp32" else float("inf")
         size = f"{sk.measure(m, None, latency=False)['bytes'] / 2**20:.1f}" if not k.startswith("torch.ao") else "n/a"
         macs = sk.measure.count_macs(m, one) / 1e9
+        scores = agree.scores(m)
         lines.append(f"| {k} | {times1[k]['latency_ms']:.1f} | {b1 / times1[k]['latency_ms']:.2f}× | "
-                     f"{times16[k]['latency_ms']:.1f} | {b16 / times16[k]['latency_ms']:.2f}× | {agree(m):.4f} | "
-                     f"{sqnr:.1f} | {macs:.3f} | {size} | {calib_s.get(k, 0.0):.0f} |")
+                     f"{times16[k]['latency_ms']:.1f} | {b16 / times16[k]['latency_ms']:.2f}× | {scores['top1']:.4f} | "
+                     f"{scores['top5']:.4f} | {sqnr:.1f} | {macs:.3f} | {size} | {calib_s.get(k, 0.0):.0f} |")
     runtimes = {k: times1[k]["runtime"] for k in models}
     lines += ["", "Runtimes: " + "; ".join(f"{k}: {v}" for k, v in runtimes.items())]
+    if failed:
+        lines += ["", "Failed (no row): " + "; ".join(f"{k}: `{v}`" for k, v in failed.items())]
     return lines
 
 
@@ -230,7 +257,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cos-batches", type=int, default=4, help="held-out batches of 32 lines for cosine")
     parser.add_argument("--calib-batches", type=int, default=4, help="MobileNetV2 calibration batches of 16 crops")
-    parser.add_argument("--parts", nargs="+", choices=["minilm", "mobilenet"], default=["minilm", "mobilenet"])
+    parser.add_argument("--parts", nargs="+", choices=["minilm", "mobilenet", "efficientnet"],
+                        default=["minilm", "mobilenet", "efficientnet"])
     parser.add_argument("--skip-mobilenet", action="store_true", help="same as --parts minilm")
     parser.add_argument("--out", default="docs/benchmarks/quantize_encoders.md")
     args = parser.parse_args()
@@ -245,21 +273,23 @@ def main() -> None:
         sections["minilm"] = [
             f"Cosine: mean-pooled embeddings vs torch fp32, {32 * args.cos_batches} held-out Shakespeare lines "
             "(calibration: 128 lines of the train split).", "", *minilm]
-    if "mobilenet" in parts:
-        sections["mobilenet"] = [
-            f"Top-1 agreement with fp32 on 64 held-out natural-image crops (seed 1; calibration: "
-            f"{16 * args.calib_batches} crops, seed 0); logit SQNR over the same 64 crops; "
+    for image_part in (p for p in ("mobilenet", "efficientnet") if p in parts):
+        sections[image_part] = [
+            f"Top-1 / top-5 agreement with fp32 on 64 crops of the 8 held-out `test` photos of the zoo's "
+            f"`photos` set (calibration: {16 * args.calib_batches} crops of the 5 `calib` photos; split by photo, "
+            f"so no test photo is seen in calibration); logit SQNR over the same 64 crops; "
             f"{args.rounds} (batch 1) and {max(3, args.rounds // 2)} (batch 16) round-robin rounds.", "",
-            *mobilenet_table(args.rounds, args.threads, args.calib_batches)]
-        print("\n".join(sections["mobilenet"]), flush=True)
+            *image_table(args.rounds, args.threads, args.calib_batches, image_part)]
+        print("\n".join(sections[image_part]), flush=True)
     load1 = os.getloadavg()
     machine = (f"Machine: {os.cpu_count()} CPU cores shared with other jobs; load average (1/5/15 min) "
                f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at start, {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} at end; "
                f"{args.threads} threads; torch {torch.__version__}; parts {' '.join(parts)} in {time.time() - start:.0f} s; "
                f"`{' '.join(sys.argv)}`.")
-    body = ["# int8 / half precision on encoders (MiniLM-L6, MobileNetV2)", ""]
+    body = ["# int8 / half precision on encoders (MiniLM-L6, MobileNetV2, EfficientNet-Lite0)", ""]
     for part, title in (("minilm", "MiniLM-L6 embeddings, 32 sentences × 128 tokens"),
-                        ("mobilenet", "MobileNetV2, static int8, 224 × 224")):
+                        ("mobilenet", "MobileNetV2, static int8, 224 × 224"),
+                        ("efficientnet", "EfficientNet-Lite0, static int8, 224 × 224")):
         lines = [machine, "", *sections[part]] if part in sections else _keep_section(out, part)
         body += [f"## {title}", "", f"<!-- part:{part} -->", *lines, f"<!-- /part:{part} -->", ""]
     notes = _keep_section(out, "analysis")
