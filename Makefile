@@ -33,5 +33,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q --durations=15
 
+# llama.cpp's Python binding, for the GGUF export tests (they skip without it) and
+# benchmarks/deploy_gguf.py. pip builds it from its source distribution (several minutes of C++,
+# tuned to this CPU), so it is not part of `make setup`.
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+
+.PHONY: deploy-setup
+deploy-setup: setup
+	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PIP) install --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
+
 clean:
 	rm -rf $(VENV) slimkit-demo .pytest_cache
