@@ -258,6 +258,18 @@ def _model_bytes(model: nn.Module) -> int:
     return total
 
 
+def _strip_node_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debug metadata (source stack, FX names): for a small model it
+    outweighs the weights; external data, if any, is left where it is."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    onnx.save(proto, str(path))
+
+
 def _write_side_files(model: nn.Module, tmp_dir: Path, options: ExportOptions) -> list[str]:
     written = []
     config = getattr(model, "config", None)
@@ -302,6 +314,7 @@ def export_onnx(model: nn.Module, tmp_dir: Path, options: ExportOptions) -> str:
     external = _model_bytes(model) > EXTERNAL_DATA_LIMIT
     with _quiet_exporter():
         program.save(str(tmp_dir / MODEL_FILE), external_data=external)
+    _strip_node_metadata(tmp_dir / MODEL_FILE)
     check = _verify(tmp_dir / MODEL_FILE, spec, reference, wrapper.output_names)
     side = _write_side_files(model, tmp_dir, options)
     info = _info(model, spec, wrapper.output_names, plan, options, accuracy_level, external, check, side)
