@@ -35,12 +35,12 @@ test: setup
 
 # llama.cpp's Python binding, for the GGUF export tests (they skip without it) and
 # benchmarks/deploy_gguf.py. pip builds it from its source distribution (several minutes of C++,
-# tuned to this CPU), so it is not part of `make setup`.
+# tuned to this CPU; the multimodal library is left out), so it is not part of `make setup`.
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 
 .PHONY: deploy-setup
 deploy-setup: setup
-	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PIP) install --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" $(PIP) install --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
 
 clean:
 	rm -rf $(VENV) slimkit-demo .pytest_cache

@@ -193,11 +193,15 @@ def _dims(model: nn.Module) -> _Dims:
     n_head = int(cfg.num_attention_heads)
     n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_head)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head)
-    return _Dims(n_head, n_kv, head_dim, _out_features(model.model.layers[0].mlp.gate_proj))
+    return _Dims(n_head, n_kv, head_dim, _out_features("model.layers.0.mlp.gate_proj",
+                                                       model.model.layers[0].mlp.gate_proj))
 
 
-def _out_features(mod: nn.Module) -> int:
-    return int(getattr(mod, "out_features", None) or getattr(mod, "rows"))
+def _out_features(label: str, mod: nn.Module) -> int:
+    rows = getattr(mod, "out_features", None)
+    if rows is None:
+        raise UnsupportedModelError(f"{label}: {type(mod).__name__} is not a linear layer the GGUF export maps")
+    return int(rows)
 
 
 def _check_shapes(i: int, layer: nn.Module, d: _Dims) -> None:
@@ -205,7 +209,7 @@ def _check_shapes(i: int, layer: nn.Module, d: _Dims) -> None:
     want = {"self_attn.q_proj": d.n_head * d.head_dim, "self_attn.k_proj": d.n_kv * d.head_dim,
             "self_attn.v_proj": d.n_kv * d.head_dim, "mlp.gate_proj": d.n_ff, "mlp.up_proj": d.n_ff}
     for path, rows in want.items():
-        got = _out_features(layer.get_submodule(path))
+        got = _out_features(f"model.layers.{i}.{path}", layer.get_submodule(path))
         if got != rows:
             raise UnsupportedModelError(
                 f"model.layers.{i}.{path}: {got} output channels where the GGUF llama architecture needs {rows} in "

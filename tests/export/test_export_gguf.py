@@ -287,6 +287,15 @@ def test_missing_tokenizer_is_refused(tmp_path, make_llama):
     assert not (tmp_path / "out").exists()
 
 
+def test_non_uniform_ffn_width_is_refused(make_llama, tmp_path):
+    """GGUF's llama architecture has one feed_forward_length: a block pruned to another width cannot be written."""
+    model = make_llama()
+    model.model.layers[1].mlp.gate_proj = nn.Linear(32, 48, bias=False)
+    with pytest.raises(sk.UnsupportedModelError, match=r"model\.layers\.1\.mlp\.gate_proj: 48 output channels.*64"):
+        sk.export(model, tmp_path / "out", format="gguf")
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- llama.cpp runs it
 def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make deploy-setup)")
