@@ -146,6 +146,14 @@ def test_cnn_fp32_and_static_int8_qdq(make_cnn, tmp_path) -> None:
     assert list(ort.inputs) == ["input"] and ort.output_names == ["output"]
     with torch.no_grad():
         assert float((ort(x) - model(x)).abs().max()) < 1e-4  # a tensor in, a tensor out, another batch size
+    # slimkit's evaluators and latency measurement take the ORT model unchanged
+    agree = sk.TopKAgreement([x, x[:1]], k=3)
+    agree.prepare(model)
+    assert agree.scores(ort)["top1"] == 1.0
+    from slimkit.measure.latency import measure_latency
+
+    timing = measure_latency(ort, x, warmup=1, runs=3)
+    assert timing["runtime"].startswith("onnxruntime") and timing["latency_ms"] > 0
 
     calib = [torch.randn(4, 3, 20, 20, generator=torch.Generator().manual_seed(s)) for s in range(3)]
     q = compress(make_cnn().eval(), {"quantize": {"method": "static_int8", "graph": "off"}}, calib=calib)
