@@ -92,7 +92,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model, tok, zoo_name = load_model_ref(ref)
     work = _workload(args, model, tok, zoo_name)
     with _status("measuring", show):
-        metrics = sk.measure(model, work.example_inputs)
+        metrics = _measure_for_eval(model, work.example_inputs)
         if hasattr(work.evaluator, "prepare"):
             work.evaluator.prepare(model)
         metrics["quality"] = float(work.evaluator(model))
@@ -101,6 +101,18 @@ def run_eval(args: argparse.Namespace) -> int:
     report.add_variant(str(ref), metrics)
     _print_report(report, args.json)
     return 0
+
+
+def _measure_for_eval(model: Any, example_inputs: Any) -> dict[str, Any]:
+    """``sk.measure`` for a torch model; for an ONNX file its bytes on disk and ORT latency (same method)."""
+    import slimkit as sk
+
+    if not hasattr(model, "session"):
+        return sk.measure(model, example_inputs)
+    from slimkit.export.ort_model import onnx_size_bytes
+    from slimkit.measure.latency import measure_latency
+
+    return {"bytes": onnx_size_bytes(model.path), **measure_latency(model, example_inputs)}
 
 
 # ----------------------------------------------------------------------------- export

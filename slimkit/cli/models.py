@@ -42,8 +42,11 @@ def parse_model_ref(text: str) -> ModelRef:
     path = Path(text)
     if not path.exists():
         raise CheckpointError(f"--model {text!r}: no such directory (use zoo:NAME, hf:ORG/NAME or a saved directory)")
+    if path.is_file() and path.suffix == ".onnx":
+        return ModelRef("onnx", str(path))
     if not path.is_dir():
-        raise CheckpointError(f"--model {text!r} is a file; a saved slimkit checkpoint or a Hugging Face model is a directory")
+        raise CheckpointError(f"--model {text!r} is a file; a saved slimkit checkpoint or a Hugging Face model is a "
+                              "directory (an exported model is a .onnx file)")
     from slimkit.zoo.local import is_hf_dir
 
     if is_hf_dir(path):  # config.json + safetensors, no slimkit.json: the user's own model
@@ -63,6 +66,8 @@ def load_model_ref(ref: ModelRef) -> tuple[nn.Module, Any, str | None]:
     if ref.kind == "hf":
         model, tok = zoo.load_model(f"hf:{ref.value}")
         return model, tok, None
+    if ref.kind == "onnx":
+        return load_onnx(Path(ref.value))
     if ref.kind == "hfdir":
         model, tok = zoo.load_model(ref.value)
         return model, tok, None
@@ -71,3 +76,26 @@ def load_model_ref(ref: ModelRef) -> tuple[nn.Module, Any, str | None]:
     model = load(ref.value)
     tok = tokenizer_for_base(manifest["base"])
     return model, tok, base_zoo
+
+
+def load_onnx(path: Path) -> tuple[nn.Module, Any, str | None]:
+    """An exported ``.onnx`` run by ONNX Runtime, with the tokenizer exported beside it (if any).
+
+    The returned model's ``slimkit_task`` says what its inputs are: ``image-classification`` for
+    ``pixel_values``, else the causal-LM / encoder task from the ``config.json`` exported beside it.
+    """
+    from slimkit.export.ort_model import OrtModel
+    from slimkit.zoo.local import hf_task, local_tokenizer
+
+    model = OrtModel(path)
+    config_file = path.parent / "config.json"
+    if "pixel_values" in model.inputs:
+        task = "image-classification"
+    elif config_file.is_file():
+        import json
+
+        task = "causal-lm" if hf_task(json.loads(config_file.read_text(encoding="utf-8"))) == "causal-lm" else "embedding"
+    else:
+        raise CheckpointError(f"{path}: no config.json beside it, so its task is unknown (export it with sk.export)")
+    object.__setattr__(model, "slimkit_task", task)
+    return model, local_tokenizer(path.parent), None

@@ -37,6 +37,8 @@ def task_of(model: nn.Module, zoo_name: str | None = None) -> str:
     """The task of a model: from its zoo entry, else from a Hugging Face config, else by its output."""
     if zoo_name in _ZOO_TASKS:
         return _ZOO_TASKS[zoo_name]
+    if getattr(model, "slimkit_task", None) in TASKS:  # an exported model run by ONNX Runtime
+        return model.slimkit_task
     config = getattr(model, "config", None)
     if config is not None:
         archs = getattr(config, "architectures", None) or [type(model).__name__]

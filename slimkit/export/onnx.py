@@ -300,7 +300,10 @@ def export_onnx(model: nn.Module, tmp_dir: Path, options: ExportOptions) -> str:
         from slimkit.export.onnx_decoder import export_decoder, is_llama_family
 
         if is_llama_family(model):
-            return export_decoder(model, tmp_dir, options)
+            main = export_decoder(model, tmp_dir, options)
+            if not (tmp_dir / "config.json").exists():  # the config and tokenizer tell runtimes (and slimkit eval) the task
+                _write_side_files(model, tmp_dir, options)
+            return main
     accuracy_level = options.accuracy_level
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise ConfigError(f"accuracy_level {accuracy_level!r} is not a MatMulNBits accuracy level; valid: 0-4")

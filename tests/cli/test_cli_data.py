@@ -78,3 +78,18 @@ def test_pickle_only_model_dir_is_refused(tmp_path, capsys) -> None:
     recipe.write_text(RECIPE, encoding="utf-8")
     assert main(["compress", "--model", str(d), "--recipe", str(recipe), "--out", str(tmp_path / "o")]) == 2
     assert "only pickled weights" in capsys.readouterr().err
+
+
+def test_export_then_eval_the_onnx_file_gives_the_same_perplexity(hf_dir, notes, tmp_path, capsys) -> None:
+    common = ["--data", str(notes), "--seq-len", "32", "--eval-batches", "2", "--json"]
+    assert main(["eval", "--model", str(hf_dir), *common]) == 0
+    torch_report = json.loads(capsys.readouterr().out)
+    assert main(["export", str(hf_dir), "--format", "onnx", "--out", str(tmp_path / "onnx"), "--json"]) == 0
+    onnx_path = json.loads(capsys.readouterr().out)["path"]
+    assert onnx_path.endswith("model.onnx")
+    assert main(["eval", "--model", onnx_path, *common]) == 0
+    ort_report = json.loads(capsys.readouterr().out)
+    ppl_torch = torch_report["variants"][0]["metrics"]["quality"]
+    ppl_ort = ort_report["variants"][0]["metrics"]["quality"]
+    assert abs(ppl_ort / ppl_torch - 1) < 1e-3
+    assert "onnxruntime" in ort_report["variants"][0]["metrics"]["runtime"]
