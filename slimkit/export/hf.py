@@ -231,20 +231,19 @@ def _dtype(model: nn.Module) -> torch.dtype:
 
 
 def _conform(tensors: dict[str, torch.Tensor], stock: nn.Module, quantized: set[str], dtype: torch.dtype,
-             tied: bool | None) -> dict[str, torch.Tensor]:
+             aliases: set[str]) -> dict[str, torch.Tensor]:
     """Tensors in the stock layout: Conv1D weights transposed back, float dtypes unified; refuse any
     missing, extra or mis-shaped tensor by name."""
     expected = stock.state_dict()
-    aliases = _aliases(stock) if tied else set()
     out: dict[str, torch.Tensor] = {}
     for key, value in tensors.items():
         module_name, _, leaf = key.rpartition(".")
         if module_name in quantized:
             out[key] = value
             continue
+        if key in aliases:
+            continue
         if key not in expected:
-            if key in aliases:
-                continue
             raise UnsupportedModelError(
                 f"{key}: slimkit's model has this tensor but the stock {type(stock).__name__} has none (a renamed, "
                 "added or restructured layer that the stock config cannot describe)")
@@ -266,15 +265,12 @@ def _conform(tensors: dict[str, torch.Tensor], stock: nn.Module, quantized: set[
     return out
 
 
-def _aliases(stock: nn.Module) -> set[str]:
-    """State-dict keys that repeat a tensor listed earlier (the tied output head)."""
-    seen: set[int] = set()
-    dup: set[str] = set()
-    for name, p in stock.named_parameters(remove_duplicate=False):
-        if id(p) in seen:
-            dup.add(name)
-        seen.add(id(p))
-    return dup
+def _tied_keys(model: nn.Module, tied: bool | None) -> set[str]:
+    """The output head's weight key when it shares the embedding's tensor (written once, as the embedding)."""
+    if not tied:
+        return set()
+    head = model.get_output_embeddings()
+    return {f"{n}.weight" for n, m in model.named_modules() if m is head}
 
 
 # --------------------------------------------------------------------------- writing
@@ -344,7 +340,7 @@ def export_hf(model: nn.Module, tmp_dir: Path, options: ExportOptions) -> str:
         tensors, groups = _tensors(model, stock, options.dequantize)
         quantized = {n for names in groups.values() for n in names}
         dtype = _dtype(model)
-        tensors = _conform(tensors, stock, quantized, dtype, tied)
+        tensors = _conform(tensors, stock, quantized, dtype, _tied_keys(model, tied))
     tmp = Path(tmp_dir)
     _write_tensors(tensors, tmp / "model.safetensors")
     _write_config(config, groups, dtype, tmp / "config.json")
