@@ -108,7 +108,7 @@ def test_entries_list_every_model_and_dataset() -> None:
     for row in rows.values():
         assert set(row) == {"name", "kind", "hub_id", "package", "installed", "description"}
         assert row["installed"] is True and row["package"] and row["description"]
-    assert [r["kind"] for r in rows.values()] == ["model"] * 5 + ["data"] * 4
+    assert [r["kind"] for r in rows.values()] == ["model"] * 5 + ["data"] * 5
     assert rows["smollm2-135m"]["hub_id"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert rows["minilm-l6"]["hub_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert rows["mpnet-base"]["hub_id"] == "sentence-transformers/all-mpnet-base-v2"
