@@ -66,7 +66,7 @@ def _workload(args: argparse.Namespace, model: Any, tok: Any, zoo_name: str | No
                                    calib_batches=calib_batches, eval_batches=args.eval_batches)
     if getattr(args, "eval_data", None):
         raise DataError("--eval-data needs --data (the calibration part)")
-    return workload_for(task, tok, calib_batches=calib_batches, eval_batches=args.eval_batches)
+    return workload_for(task, tok, calib_batches=calib_batches, eval_batches=args.eval_batches, zoo_name=zoo_name)
 
 
 def _train_data(recipe: Any, work: Any) -> list[Any] | None:

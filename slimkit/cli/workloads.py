@@ -49,14 +49,14 @@ def task_of(model: nn.Module, zoo_name: str | None = None) -> str:
 
 
 def workload_for(task: str, tokenizer: Any = None, *, seq_len: int = 256, eval_batches: int = 8,
-                 calib_batches: int = 8, latency_tokens: int = 128) -> Workload:
+                 calib_batches: int = 8, latency_tokens: int = 128, zoo_name: str | None = None) -> Workload:
     """Build the default calibration data, held-out evaluator and example inputs for ``task``."""
     if task == "causal-lm":
         return _causal_lm(tokenizer, seq_len, eval_batches, calib_batches, latency_tokens)
     if task == "embedding":
         return _embedding(tokenizer, calib_batches)
     if task == "image-classification":
-        return _images(calib_batches)
+        return _images(calib_batches, _IMAGE_NORMALIZATION.get(zoo_name or "", "imagenet"))
     raise UnsupportedModelError(f"unknown task {task!r}; known tasks are {list(TASKS)}")
 
 
@@ -137,12 +137,16 @@ def _embedding(tok: Any, calib_batches: int) -> Workload:
     return Workload("embedding", calib, CosineFidelity(test), example, 8 * 128)
 
 
-def _images(calib_batches: int) -> Workload:
+#: zoo image models whose inputs are not ImageNet mean/std normalised
+_IMAGE_NORMALIZATION = {"efficientnet-lite0": "symmetric"}
+
+
+def _images(calib_batches: int, normalize: str = "imagenet") -> Workload:
     """Crops of the zoo's ``photos``: calibration from the ``calib`` photos, top-1/top-5
     agreement with the uncompressed model on the held-out ``test`` photos (disjoint by photo)."""
     from slimkit import zoo
     from slimkit.measure import TopKAgreement
 
-    test = zoo.load_data("photos", "test")
-    calib = zoo.load_data("photos", "calib", max_batches=calib_batches)
+    test = zoo.load_data("photos", "test", normalize=normalize)
+    calib = zoo.load_data("photos", "calib", max_batches=calib_batches, normalize=normalize)
     return Workload("image-classification", calib, TopKAgreement(test), test[0][:1], None)

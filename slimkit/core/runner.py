@@ -137,9 +137,10 @@ class _Probe:
                                          runs=max(self.runs, 1)))
         if self.evaluator is not None:
             metrics["quality"] = float(self.evaluator(model))
-            for extra in ("last_min",):
+            # second numbers some evaluators keep: the worst example's cosine, top-k agreement
+            for extra, key in (("last_min", "quality_min"), ("last_topk", "quality_topk")):
                 if getattr(self.evaluator, extra, None) is not None:
-                    metrics["quality_min"] = float(getattr(self.evaluator, extra))
+                    metrics[key] = float(getattr(self.evaluator, extra))
         return metrics
 
 

@@ -226,3 +226,13 @@ def test_result_save_replaces_its_own_output_only_with_overwrite(make_mlp, tmp_p
     assert torch.equal(loaded.fc1.weight, second.model.fc1.weight)
     assert not torch.equal(loaded.fc1.weight, first.model.fc1.weight)
     assert (target / "report.json").is_file() and (target / ".slimkit-output").is_file()
+
+
+def test_topk_agreement_is_recorded_beside_top1(make_cnn) -> None:
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(4, 3, 16, 16, generator=gen) for _ in range(2)]
+    res = sk.compress(make_cnn(), {"steps": [{"quantize": {"method": "binary"}}]}, eval=sk.TopKAgreement(batches),
+                      progress=False, measure=False)
+    before, after = res.report.before, res.report.after
+    assert before["quality"] == 1.0 and before["quality_topk"] == 1.0
+    assert 0.0 <= after["quality"] <= after["quality_topk"] <= 1.0
