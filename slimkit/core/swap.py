@@ -24,12 +24,26 @@ from slimkit.core.provenance import record_edit
 from slimkit.core.select import select_modules, tied_weight_names
 from slimkit.io.edits import replace_module
 
-__all__ = ["swappable_layers", "swap_layers", "install_layer"]
+__all__ = ["swappable_layers", "swap_layers", "install_layer", "custom_forward"]
 
 #: ``reject(name, module)``: why this layer cannot be swapped, or None when it can
 Reject = Callable[[str, nn.Module], "str | None"]
 #: ``build(name, module)``: the replacement layer
 Build = Callable[[str, nn.Module], nn.Module]
+
+
+def custom_forward(module: nn.Module) -> str | None:
+    """Why ``module`` cannot be swapped for a compressed layer of its base type, or None.
+
+    A subclass of Linear / Conv that overrides ``forward`` computes more than its base class (e.g.
+    EfficientNet's ``Conv2dStaticSamePadding`` pads the input first); a replacement built from its
+    weight alone would silently drop that, so such a layer is named and kept.
+    """
+    for base in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding):
+        if isinstance(module, base) and type(module).forward is not base.forward:
+            return (f"{type(module).__name__} overrides {base.__name__}.forward (its own computation, e.g. padding); "
+                    "a compressed replacement would not compute the same thing")
+    return None
 
 
 def swappable_layers(model: nn.Module, types: tuple[type[nn.Module], ...], ctx: RunContext, *,
@@ -39,12 +53,15 @@ def swappable_layers(model: nn.Module, types: tuple[type[nn.Module], ...], ctx: 
 
     A layer whose weight is tied to another module is skipped with ``tied_reason`` (pass None when
     the step stores a separate compressed copy on purpose, e.g. ``quantize_tied: true``); a layer
-    for which ``reject`` returns a reason is skipped with that reason. Nothing is skipped silently.
+    whose class overrides its base's ``forward`` (:func:`custom_forward`) and a layer for which
+    ``reject`` returns a reason are skipped with that reason. Nothing is skipped silently.
     """
     tied = tied_weight_names(model) if tied_reason is not None else set()
     chosen: dict[str, nn.Module] = {}
     for name, module in select_modules(model, types, targets=targets, ignore=ignore, field=field):
-        reason = tied_reason if name in tied else (reject(name, module) if reject is not None else None)
+        reason = tied_reason if name in tied else custom_forward(module)
+        if reason is None and reject is not None:
+            reason = reject(name, module)
         if reason is not None:
             ctx.skip(name, reason)
         else:

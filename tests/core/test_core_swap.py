@@ -50,3 +50,24 @@ def test_swap_without_record_leaves_no_edit() -> None:
     model = _Tied()
     swap_layers(model, [("fc", model.fc)], lambda _, lin: nn.Identity(), record=False)
     assert isinstance(model.fc, nn.Identity) and get_edits(model) == []
+
+
+class PaddedConv(nn.Conv2d):
+    """A conv that pads its input itself (like EfficientNet's Conv2dStaticSamePadding)."""
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        return super().forward(nn.functional.pad(x, (1, 1, 1, 1)))
+
+
+def test_a_subclass_with_its_own_forward_is_named_not_swapped() -> None:
+    import slimkit as sk
+
+    torch.manual_seed(0)
+    model = nn.Sequential(PaddedConv(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = sk.compress(model, {"steps": [{"quantize": {"method": "static_int8", "graph": "off"}}]}, calib=[x],
+                      progress=False, measure=False)
+    assert type(res.model[0]) is PaddedConv and type(res.model[2]) is not nn.Conv2d
+    skipped = {s["layer"]: s["reason"] for s in res.report.steps[0]["skipped"]}
+    assert "overrides Conv2d.forward" in skipped["0"]
+    assert res.model(x).shape == model(x).shape

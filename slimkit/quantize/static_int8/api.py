@@ -128,9 +128,9 @@ def _quantize_graph_regions(model: nn.Module, layers: dict[str, nn.Module], cfg:
     regions = list(inputs)
     if not regions:
         return []
-    specs = {}
+    specs, originals = {}, {}
     for name in regions:
-        region = model.get_submodule(name)
+        region = originals[name] = model.get_submodule(name)
         specs[name] = {"observer": cfg.observer, "weight_observer": cfg.weight_observer, "per_channel": cfg.per_channel,
                        "percentile": cfg.percentile, "float_layers": float_modules(region, name, layers),
                        "input_shapes": [[1, *t.shape[1:]] for t in inputs[name]]}
@@ -139,21 +139,28 @@ def _quantize_graph_regions(model: nn.Module, layers: dict[str, nn.Module], cfg:
         for batch in ctx.progress(calib, "calibrating (graph)"):
             call_model(model, batch)
     clamped = convs = 0
+    done = []
     for name in regions:
         prepared = model.get_submodule(name)
         clamped += clamp_to_activations(prepared)  # type: ignore[arg-type]
         converted = convert_region(prepared)  # type: ignore[arg-type]
         bad = [k for k, _ in plain_state(converted)]
-        if bad:
-            raise UnsupportedModelError(f"static_int8 graph region {name!r} holds state that safetensors cannot store: "
-                                        f"{bad[:5]} (set graph: off)")
+        if bad:  # e.g. a functional F.conv2d (EfficientNet's same-padding conv) becomes an opaque packed weight
+            if cfg.graph == "on":
+                raise UnsupportedModelError(f"static_int8 graph region {name!r} holds state that safetensors cannot "
+                                            f"store: {bad[:5]} (set graph: auto or off)")
+            replace_module(model, name, originals[name])
+            _fallback(ctx, f"region {name!r}: per-layer path, graph mode left packed state safetensors cannot store "
+                           f"({', '.join(bad[:3])})")
+            continue
+        done.append(name)
         convs += sum(type(m).__name__ == "QConv2dInt8" for m in converted.modules())
         replace_module(model, name, converted)
         record_edit(model, {"op": "static_int8_graph", "path": name, "spec": specs[name]})
-    ctx.note("graph_regions", regions)
+    ctx.note("graph_regions", done)
     ctx.note("graph_int8_conv_layers", convs)
     ctx.note("graph_observers_clamped_to_activation", clamped)
-    return regions
+    return done
 
 
 def _dynamic_layers(model: nn.Module, layers: dict[str, nn.Module], built: dict[str, nn.Module],
