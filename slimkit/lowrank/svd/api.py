@@ -11,6 +11,7 @@ from slimkit.core.layer_notes import layer_summary
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import select_modules, tied_weight_names
+from slimkit.core.swap import custom_forward
 from slimkit.io.edits import replace_module
 from slimkit.lowrank.svd.config import LowRankSVDConfig
 from slimkit.lowrank.svd.core import LowRankLinear, choose_rank
@@ -34,6 +35,10 @@ def _layers(model: nn.Module, cfg: LowRankSVDConfig, ctx: RunContext) -> list[tu
     for name, layer in drop_protected(model, layers, cfg.targets, ctx):
         if name in tied:
             ctx.skip(name, "weight tied to another module: factorizing would untie it")
+            continue
+        why = custom_forward(layer)
+        if why is not None:
+            ctx.skip(name, why)
             continue
         kept.append((name, layer))
     return kept

@@ -19,6 +19,7 @@ from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, UnsupportedModelError
 from slimkit.core.heads import embedding_names, names_explicitly, output_head_names
 from slimkit.core.layer_notes import layer_summary
+from slimkit.core.swap import custom_forward
 from slimkit.core.select import matching_names, select_modules
 from slimkit.core.swap import install_layer
 from slimkit.quantize.weight_only.config import WeightOnlyConfig
@@ -64,9 +65,14 @@ def select_linears(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext, ste
     reset_peak_rss()
     _check_unsupported(model, cfg, ctx, step)
     heads = set(head_and_embedding_names(model)[0])
-    return [(name, layer) for name, layer in
-            select_modules(model, (nn.Linear,), targets=cfg.targets, ignore=cfg.ignore, field=step)
-            if name not in heads]
+    chosen = []
+    for name, layer in select_modules(model, (nn.Linear,), targets=cfg.targets, ignore=cfg.ignore, field=step):
+        why = custom_forward(layer)
+        if why is not None:
+            ctx.skip(name, why)
+        elif name not in heads:
+            chosen.append((name, layer))
+    return chosen
 
 
 def _check_unsupported(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext, step: str) -> None:
