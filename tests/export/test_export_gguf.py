@@ -297,9 +297,22 @@ def test_non_uniform_ffn_width_is_refused(make_llama, tmp_path):
 
 
 # --------------------------------------------------------------------------- llama.cpp runs it
-def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
+def _llama_cpp_logits(path: Path, ids: list[int], monkeypatch) -> np.ndarray:
+    """All logits of ``ids`` from llama.cpp, f32 KV cache (as torch). llama.cpp's weight-repacking
+    CPU buffers ("extra buffer types") crash this build (llama-cpp-python 0.3.36, AVX-512/AMX CPU) on
+    any Q4_0/Q4_1 file, llama.cpp's own quantizations included, so they are turned off here."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make deploy-setup)")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_threads=1, logits_all=True, verbose=False)
+    lib = llama_cpp.llama_cpp
+    default = lib.llama_model_default_params
+
+    def no_repack():  # noqa: ANN202 - llama-cpp-python's Llama does not expose use_extra_bufts
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    monkeypatch.setattr(lib, "llama_model_default_params", no_repack)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_batch=64, n_threads=1, logits_all=True, verbose=False,
+                          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
     try:
         llm.eval(ids)
         return np.array(llm.scores[:len(ids)], dtype=np.float32)
@@ -307,17 +320,19 @@ def _llama_cpp_logits(path: Path, ids: list[int]) -> np.ndarray:
         llm.close()
 
 
-@pytest.mark.parametrize("method,tol", [("fp32", 1e-3), ("rtn", 0.05), ("gptq", 0.05)])
-def test_llama_cpp_logits_match_slimkit_model(exported, tok, method, tol):
+@pytest.mark.parametrize("method,tol", [("fp32", 1e-4), ("rtn", 0.2), ("gptq", 0.2)])
+def test_llama_cpp_logits_match_slimkit_model(exported, tok, monkeypatch, method, tol):
     """Teacher-forced logits of a 24-token text: llama.cpp vs slimkit's torch model. llama.cpp
-    multiplies Q4_0/Q8_0 weights with activations rounded to Q8_0, hence the looser int4 tolerance
-    (relative to the logits' spread)."""
+    multiplies Q4_0/Q8_0 weights with activations rounded to Q8_0 (measured here: max 0.09, mean 0.012
+    of the logits' std, argmax equal everywhere), hence the looser tolerance than float32's (3e-6)."""
     model, _, _, path = exported(method)
     ids = tok("The quick brown fox jumps over the lazy dog, then naps under a tree by the river.")["input_ids"][:24]
-    got = _llama_cpp_logits(path, ids)
+    got = _llama_cpp_logits(path, ids, monkeypatch)
     with torch.no_grad():
         want = model(torch.tensor([ids])).logits[0].numpy()
     err = np.abs(got - want).max() / want.std()
-    print(f"\n{method}: llama.cpp vs torch max |Δlogit| / std = {err:.2e}")
-    assert err < tol
-    assert (got.argmax(-1) == want.argmax(-1)).mean() >= (1.0 if method == "fp32" else 0.9)
+    mean_err = np.abs(got - want).mean() / want.std()
+    agree = (got.argmax(-1) == want.argmax(-1)).mean()
+    print(f"\n{method}: llama.cpp vs torch |Δlogit| / std: max {err:.2e}, mean {mean_err:.2e}; argmax agree {agree:.3f}")
+    assert err < tol and mean_err < tol / 4
+    assert agree >= (1.0 if method == "fp32" else 0.9)
