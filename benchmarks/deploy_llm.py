@@ -57,7 +57,9 @@ class OrtDecoder:
         self.dtype = np.float16 if any("float16" in i.type for i in self.past.values()) else np.float32
 
     def empty(self) -> dict[str, np.ndarray]:
-        return {n: np.zeros((1, i.shape[1], 0, i.shape[3]), self.dtype) for n, i in self.past.items()}
+        # the genai builder names the head dim symbolically (kv_cache_dim): fall back to SmolLM2-135M's 64
+        return {n: np.zeros((1, i.shape[1], 0, i.shape[3] if isinstance(i.shape[3], int) else 64), self.dtype)
+                for n, i in self.past.items()}
 
     def step(self, ids: np.ndarray, past: dict[str, np.ndarray], total: int) -> tuple[np.ndarray, dict]:
         feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64), **past}
