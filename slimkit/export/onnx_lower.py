@@ -16,8 +16,12 @@ Layer -> ONNX:
   zero point repeated ``g / b`` times); a short last group (``K % g``) becomes a short last block.
 * ``WeightOnlyEmbedding`` (4 or 8 bits) -> ``Gather`` of the packed rows + unpack + dequantize.
 * ``Int8DynamicLinear``: ``per_token`` (slimkit's default) -> the same per-row symmetric int8
-  activation quantization in ONNX ops + ``MatMulInteger`` (int8 x int8 -> int32) + rescale;
-  ``per_tensor`` -> ``DynamicQuantizeLinear`` (uint8, one range per call, as fbgemm) + ``MatMulInteger``.
+  activation quantization in ONNX ops, the codes shifted by 128 into uint8 (zero point 128, so the
+  integer products are unchanged) + ``com.microsoft::MatMulIntegerToFloat`` (uint8 x int8 -> int32
+  with the weight scale applied in the GEMM's epilogue; ORT's int8 x int8 kernel is ~20x slower
+  than its uint8 x int8 one here) + per-row rescale;
+  ``per_tensor`` -> ``DynamicQuantizeLinear`` (uint8, one range per call, as fbgemm) +
+  ``MatMulIntegerToFloat``.
 * ``Int8StaticLinear`` / ``Int8StaticConv2d`` / ``SmoothQuantLinear`` -> QDQ: ``QuantizeLinear`` /
   ``DequantizeLinear`` with slimkit's calibrated activation (scale, zero point) around the float op,
   int8 weights behind ``DequantizeLinear`` (per output channel), which ORT fuses into int8 kernels.
@@ -48,6 +52,8 @@ FLOAT_KINDS = frozenset({"identity", "linear", "low_rank_linear", "folded_batchn
 NBITS_BITS = (4, 8)
 #: MatMulNBits accuracy_level: 4 lets ORT quantize the activations to int8 per block (fast path)
 DEFAULT_ACCURACY_LEVEL = 4
+#: per-token int8 activation codes are fed to MatMulInteger as uint8 ``q + 128`` with zero point 128
+_UINT8_SHIFT = 128.0
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -74,6 +80,34 @@ def _matmul_integer(a: torch.Tensor, b: torch.Tensor, a_zero_point: torch.Tensor
 @_matmul_integer.register_fake
 def _(a, b, a_zero_point):  # noqa: ANN001, ANN202
     return a.new_empty(*a.shape[:-1], b.shape[-1], dtype=torch.int32)
+
+
+@torch.library.custom_op("slimkit_onnx::matmul_integer_to_float", mutates_args=())
+def _matmul_integer_to_float(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+                             a_zero_point: torch.Tensor) -> torch.Tensor:
+    """``(a - a_zero_point) @ b * a_scale * b_scale`` in float (com.microsoft MatMulIntegerToFloat).
+
+    ``a_scale`` is one scalar (ORT broadcasts no per-row scale here), ``b_scale`` per output column.
+    """
+    acc = _matmul_integer(a, b, a_zero_point)
+    return acc.to(torch.float32) * (a_scale.float() * b_scale.float())
+
+
+@_matmul_integer_to_float.register_fake
+def _(a, b, a_scale, b_scale, a_zero_point):  # noqa: ANN001, ANN202
+    return a.new_empty(*a.shape[:-1], b.shape[-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("slimkit_onnx::quantize_rows", mutates_args=())
+def _quantize_rows(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """ONNX QuantizeLinear per axis 0 to uint8: one (scale, zero point) per row of a 2-D ``x``."""
+    q = torch.round(x / scale.unsqueeze(1)) + zero_point.unsqueeze(1).float()
+    return q.clamp(0, 255).to(torch.uint8)
+
+
+@_quantize_rows.register_fake
+def _(x, scale, zero_point):  # noqa: ANN001, ANN202
+    return x.new_empty(x.shape, dtype=torch.uint8)
 
 
 @torch.library.custom_op("slimkit_onnx::dynamic_quantize_linear", mutates_args=())
@@ -169,6 +203,19 @@ def translation_table() -> dict[Any, Callable[..., Any]]:
     def t_matmul_integer(a, b, a_zero_point):  # noqa: ANN001, ANN202
         return op.MatMulInteger(a, b) if a_zero_point is None else op.MatMulInteger(a, b, a_zero_point)
 
+    matmul_integer_to_float = _msft_op(
+        "MatMulIntegerToFloat",
+        [("A", "TA", False), ("B", "TB", False), ("a_scale", "T1", False), ("b_scale", "T1", False),
+         ("a_zero_point", "TA", True), ("b_zero_point", "TB", True), ("bias", "T1", True)],
+        [("TA", ["tensor(uint8)", "tensor(int8)"]), ("TB", ["tensor(uint8)", "tensor(int8)"]),
+         ("T1", ["tensor(float)", "tensor(float16)"])], ())
+
+    def t_matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point):  # noqa: ANN001, ANN202
+        return matmul_integer_to_float(a, b, a_scale, b_scale, a_zero_point)
+
+    def t_quantize_rows(x, scale, zero_point):  # noqa: ANN001, ANN202
+        return op.QuantizeLinear(x, scale, zero_point, axis=0)
+
     def t_dynamic_quantize_linear(x):  # noqa: ANN001, ANN202
         return op.DynamicQuantizeLinear(x)
 
@@ -180,6 +227,8 @@ def translation_table() -> dict[Any, Callable[..., Any]]:
 
     ops = torch.ops.slimkit_onnx
     return {ops.matmul_nbits.default: t_matmul_nbits, ops.matmul_integer.default: t_matmul_integer,
+            ops.matmul_integer_to_float.default: t_matmul_integer_to_float,
+            ops.quantize_rows.default: t_quantize_rows,
             ops.dynamic_quantize_linear.default: t_dynamic_quantize_linear,
             ops.quantize_dequantize.default: t_quantize_dequantize,
             ops.dequantize_linear.default: t_dequantize_linear}
@@ -303,20 +352,41 @@ class DynamicInt8Linear(nn.Module):
         self.register_buffer("weight_scale", weight_scale.float().reshape(-1).clone())
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.register_buffer("inv_smooth", inv_smooth)
+        per_token = activations == "per_token"
+        self.register_buffer("shift_zero_point", torch.tensor(int(_UINT8_SHIFT), dtype=torch.uint8) if per_token else None)
+        self.register_buffer("unit_scale", torch.tensor(1.0) if per_token else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
         if self.inv_smooth is not None:
             x = x * self.inv_smooth
         if self.activations == "per_token":  # slimkit's per-row symmetric int8 (Int8DynamicLinear._per_token)
-            s_x = (x.abs().amax(dim=-1, keepdim=True) / 127.0).clamp_min(1e-12)
-            xq = (x * s_x.reciprocal()).round().to(torch.int8)
-            acc = _matmul_integer(xq, self.weight_t, None)
+            return self._per_token(x)
         else:  # one uint8 range per call (fbgemm quantized::linear_dynamic, reduce_range off)
             xq, s_x, zero = _dynamic_quantize_linear(x)
-            acc = _matmul_integer(xq, self.weight_t, zero)
-        y = acc.float() * s_x * self.weight_scale
+            y = _matmul_integer_to_float(xq, self.weight_t, s_x, self.weight_scale, zero)
         return y + self.bias if self.bias is not None else y
+
+    def _per_token(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-row symmetric int8 codes, fed as uint8 ``q + 128`` with zero point 128.
+
+        ``(q + 128) - 128 = q``, so the integer products are slimkit's; ORT's uint8 x int8 GEMM runs
+        on its fast (VNNI) kernel, its int8 x int8 one is ~20x slower here. One per-axis
+        ``QuantizeLinear`` (divide, round, + 128, saturate) replaces four elementwise passes; it
+        divides by the scale where slimkit multiplies by its reciprocal, so a code can differ by
+        one where ``x / s`` lies within a float rounding error of a half.
+        """
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        s_x = (x2.abs().amax(dim=-1) / 127.0).clamp_min(1e-12)  # [rows]
+        zero = torch.full_like(s_x, _UINT8_SHIFT, dtype=torch.uint8)
+        xq = _quantize_rows(x2, s_x, zero)
+        # integer GEMM with the per-column weight scale in its epilogue; the per-row activation
+        # scale after it (MatMulIntegerToFloat takes only a scalar a_scale)
+        y = _matmul_integer_to_float(xq, self.weight_t, self.unit_scale, self.weight_scale, self.shift_zero_point)
+        y = y * s_x.unsqueeze(1)
+        y = y + self.bias if self.bias is not None else y
+        return y.reshape(*shape[:-1], y.shape[-1])
 
 
 class StaticInt8Linear(nn.Module):
