@@ -6,9 +6,16 @@ emits): ``Gather`` / ``com.microsoft::GatherBlockQuantized`` for the embedding,
 ``SimplifiedLayerNormalization`` / ``com.microsoft::SkipSimplifiedLayerNormalization`` for RMSNorm
 and the residual adds, ``com.microsoft::GroupQueryAttention`` with rotary embedding inside
 (cos/sin caches taken from the model's own rotary module, so rope scaling is whatever the model
-computes), a SiLU MLP, and for every projection either a float ``MatMul`` (fp32 layers) or
+computes), a SiLU MLP, and for every projection either a float ``MatMul`` (fp32 layers),
 ``com.microsoft::MatMulNBits`` holding slimkit's own codes, fp16-exact scales and zero points
-(weight-only int4/int8 layers: nothing is re-quantized; int4 codes are slimkit's packed bytes).
+(weight-only int4/int8 layers: nothing is re-quantized; int4 codes are slimkit's packed bytes), or
+for slimkit's dynamic int8 layers (``Int8DynamicLinear``) its int8 weights in
+``com.microsoft::MatMulIntegerToFloat``: ``per_token`` activations are quantized in the graph
+exactly as slimkit does (``s = max|x_row| / 127``, ``round(x * (1/s))``), shifted by 128 into uint8
+with zero point 128 (ORT's fast uint8 x int8 kernel; the integer products are unchanged), the weight
+scale applied in the GEMM's epilogue and the row scale after it; ``per_tensor`` activations use
+``DynamicQuantizeLinear`` (one uint8 range per call, as fbgemm). Projections reading the same input
+(gate/up) share one activation quantization.
 
 Names follow DESIGN.md / Optimum / onnxruntime-genai: inputs ``input_ids`` [batch, seq],
 ``attention_mask`` [batch, past + seq] and ``past_key_values.{i}.key`` / ``.value``
@@ -58,11 +65,20 @@ class _Graph:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self.n = 0
+        self.consts: set[str] = set()
+        self.row_quant: dict[str, tuple[str, str]] = {}  # input -> (uint8 codes, row scale)
 
     def init(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
 
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        """A small shared constant, stored once however often it is used."""
+        if name not in self.consts:
+            self.consts.add(name)
+            self.init(name, array)
         return name
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, name: str | None = None,
@@ -95,10 +111,18 @@ class _Linear:
     bits: int = 0
     block: int = 0
     input_scale: np.ndarray | None = None     # AWQ per-input factor [K]
+    int8: np.ndarray | None = None            # int8 [N, K] (dynamic int8 layers)
+    w_scale: np.ndarray | None = None         # float32 [N] weight scales (dynamic int8 layers)
+    activations: str = ""                     # "per_token" / "per_tensor" (dynamic int8 layers)
 
     @property
     def quantized(self) -> bool:
         return self.codes is not None
+
+    @property
+    def kind(self) -> str:
+        """``float``, ``nbits`` (weight-only codes) or ``int8`` (dynamic int8 weights)."""
+        return "nbits" if self.codes is not None else "int8" if self.int8 is not None else "float"
 
 
 def _block_size(name: str, group_size: int | None, in_features: int) -> int:
@@ -113,11 +137,17 @@ def _block_size(name: str, group_size: int | None, in_features: int) -> int:
 
 def _read_linear(name: str, mod: nn.Module) -> _Linear:
     """A projection's tensors; weight-only layers keep their codes, anything else is refused by name."""
+    from slimkit.quantize.dynamic_int8.core import Int8DynamicLinear
     from slimkit.quantize.weight_only.layer import WeightOnlyLinear
 
     bias = None if getattr(mod, "bias", None) is None else mod.bias.detach().float().numpy()
     if type(mod) is nn.Linear:
         return _Linear(name, mod.in_features, mod.out_features, bias, weight=mod.weight.detach().float().numpy())
+    if isinstance(mod, Int8DynamicLinear):
+        scale = mod.weight_scale.detach().float().reshape(-1).numpy()
+        return _Linear(name, mod.in_features, mod.out_features, bias, int8=mod.weight_int8.detach().numpy(),
+                       w_scale=np.broadcast_to(scale, (mod.out_features,)).astype(np.float32),
+                       activations=mod.activations)
     if isinstance(mod, WeightOnlyLinear):
         if mod.bits not in MATMUL_NBITS_BITS:
             raise UnsupportedModelError(
@@ -129,7 +159,7 @@ def _read_linear(name: str, mod: nn.Module) -> _Linear:
                        block=_block_size(name, mod.group_size, mod.in_features), input_scale=iscale)
     raise UnsupportedModelError(
         f"{name}: {type(mod).__name__} has no ONNX decoder mapping; exportable projections are float nn.Linear "
-        "and slimkit weight-only int4/int8 layers (quantize method rtn/gptq/awq)")
+        "slimkit weight-only int4/int8 layers (quantize method rtn/gptq/awq) and dynamic int8 layers")
 
 
 def matmul_nbits_arrays(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -168,7 +198,9 @@ def _pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def _concat_linears(name: str, parts: list[_Linear]) -> _Linear | None:
     """Q/K/V as one projection (rows stacked) when their layouts agree exactly, else None."""
     first = parts[0]
-    same = all(p.quantized == first.quantized and p.in_features == first.in_features for p in parts)
+    same = all(p.kind == first.kind and p.in_features == first.in_features for p in parts)
+    if first.kind == "int8":
+        same = same and all(p.activations == first.activations for p in parts)
     if first.quantized:
         same = same and all(p.bits == first.bits and p.block == first.block and (p.zeros is None) == (first.zeros is None)
                             and _same(p.input_scale, first.input_scale) for p in parts)
@@ -177,8 +209,11 @@ def _concat_linears(name: str, parts: list[_Linear]) -> _Linear | None:
     biases = [p.bias if p.bias is not None else np.zeros(p.out_features, np.float32) for p in parts]
     bias = None if all(p.bias is None for p in parts) else np.concatenate(biases)
     out = sum(p.out_features for p in parts)
-    if not first.quantized:
+    if first.kind == "float":
         return _Linear(name, first.in_features, out, bias, weight=np.concatenate([p.weight for p in parts]))
+    if first.kind == "int8":  # per-row weight scales: stacking rows keeps every product exact
+        return _Linear(name, first.in_features, out, bias, int8=np.concatenate([p.int8 for p in parts]),
+                       w_scale=np.concatenate([p.w_scale for p in parts]), activations=first.activations)
     return _Linear(name, first.in_features, out, bias, codes=torch.cat([p.codes for p in parts]),
                    scales=torch.cat([p.scales for p in parts]),
                    zeros=None if first.zeros is None else torch.cat([p.zeros for p in parts]),
@@ -189,12 +224,49 @@ def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
+def _quantize_rows(g: _Graph, x: str) -> tuple[str, str]:
+    """slimkit's per-token int8 activations in ONNX ops, once per input tensor: uint8 codes
+    ``round(x * (1/s)) + 128`` and the row scale ``s = max(max|x_row| / 127, 1e-12)`` [..., 1]."""
+    cached = g.row_quant.get(x)
+    if cached is not None:
+        return cached
+    p = f"{x}/rowquant"
+    amax = g.one("ReduceMax", [g.one("Abs", [x], name=f"{p}/Abs"), g.const("axes_last", np.array([-1], np.int64))],
+                 keepdims=1, name=f"{p}/ReduceMax")
+    s = g.one("Max", [g.one("Div", [amax, g.const("f127", np.array(127.0, np.float32))], name=f"{p}/Div"),
+                      g.const("f_eps", np.array(1e-12, np.float32))], name=f"{p}/Scale")
+    codes = g.one("Round", [g.one("Mul", [x, g.one("Reciprocal", [s], name=f"{p}/Reciprocal")], name=f"{p}/Mul")],
+                  name=f"{p}/Round")
+    shifted = g.one("Add", [codes, g.const("f128", np.array(128.0, np.float32))], name=f"{p}/Shift")
+    g.row_quant[x] = (g.one("Cast", [shifted], to=2, name=f"{p}/Cast"), s)  # 2: uint8
+    return g.row_quant[x]
+
+
+def _emit_int8(g: _Graph, lin: _Linear, x: str, prefix: str) -> str:
+    """Dynamic int8 projection: integer GEMM (uint8 activations x slimkit's int8 weights) to float."""
+    w = g.init(f"{lin.name}.weight_int8_t", np.ascontiguousarray(lin.int8.T))
+    ws = g.init(f"{lin.name}.weight_scale", lin.w_scale)
+    if lin.activations == "per_token":
+        xq, s = _quantize_rows(g, x)
+        y = g.one("MatMulIntegerToFloat", [xq, w, g.const("f_one", np.array(1.0, np.float32)), ws,
+                                           g.const("u8_128", np.array(128, np.uint8))],
+                  name=f"{prefix}/MatMulIntegerToFloat", domain=_MS)
+        return g.one("Mul", [y, s], name=f"{prefix}/RowScale")
+    if lin.activations == "per_tensor":
+        xq, s, z = g.op("DynamicQuantizeLinear", [x], n_out=3, name=f"{prefix}/DynamicQuantizeLinear")
+        return g.one("MatMulIntegerToFloat", [xq, w, s, ws, z], name=f"{prefix}/MatMulIntegerToFloat", domain=_MS)
+    raise UnsupportedModelError(f"{lin.name}: dynamic int8 activations {lin.activations!r} have no ONNX mapping")
+
+
 def _emit_linear(g: _Graph, lin: _Linear, x: str, accuracy_level: int) -> str:
-    """``x @ W^T + b`` as MatMul (float) or MatMulNBits (slimkit's codes); AWQ input scale as a Mul."""
+    """``x @ W^T + b`` as MatMul (float), MatMulNBits (slimkit's codes) or MatMulIntegerToFloat
+    (dynamic int8); AWQ input scale as a Mul."""
     prefix = "/" + lin.name.replace(".", "/")
     if lin.input_scale is not None:
         x = g.one("Mul", [x, g.init(f"{lin.name}.input_scale", lin.input_scale)], name=f"{prefix}/InputScale")
-    if not lin.quantized:
+    if lin.kind == "int8":
+        y = _emit_int8(g, lin, x, prefix)
+    elif not lin.quantized:
         w = g.init(f"{lin.name}.weight_t", lin.weight.T.astype(np.float32))
         y = g.one("MatMul", [x, w], name=f"{prefix}/MatMul")
     else:

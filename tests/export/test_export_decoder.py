@@ -167,3 +167,109 @@ def test_unmappable_layout_names_layer(make_llama, tmp_path, bits, group, match)
 def test_bad_accuracy_level_is_config_error(make_llama, tmp_path):
     with pytest.raises(sk.ConfigError, match="accuracy_level 7"):
         export_decoder(make_llama(), tmp_path, ExportOptions(accuracy_level=7))
+
+
+# --------------------------------------------------------------------------- dynamic int8
+def _dynamic_int8(model: torch.nn.Module, **cfg) -> torch.nn.Module:
+    recipe = {"steps": [{"quantize": {"method": "dynamic_int8", "per_channel": True, **cfg}}]}
+    return sk.compress(model, recipe, progress=False).model
+
+
+@pytest.mark.parametrize("cfg", [{}, {"quantize_tied": True}, {"activations": "per_tensor", "per_channel": False}])
+def test_dynamic_int8_logits_and_greedy_tokens_match_torch(make_llama, tmp_path, cfg):
+    """Int8DynamicLinear -> MatMulIntegerToFloat with slimkit's own int8 weights and activation
+    quantization in the graph: the integer products are slimkit's, so logits agree to float rounding
+    (stated tolerance 1e-5, measured ~1e-7) and greedy decoding through the KV cache gives torch's tokens."""
+    from slimkit.export.ort_model import OrtModel
+    from slimkit.measure.decode import greedy_decode
+    from slimkit.quantize.dynamic_int8.core import Int8DynamicLinear
+
+    model = _dynamic_int8(make_llama(seed=2), **cfg)
+    assert isinstance(model.model.layers[0].mlp.up_proj, Int8DynamicLinear)
+    export_decoder(model, tmp_path, ExportOptions())
+    ids = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(6))
+    ort_model = OrtModel(tmp_path / "model.onnx", threads=1)
+    logits = ort_model(ids).logits.numpy()
+    ref = _torch_logits(model, ids)
+    assert np.abs(logits - ref).max() < 1e-5
+    prompt = ids[:1, :5]
+    got, _ = greedy_decode(ort_model, prompt, 8)
+    want, _ = greedy_decode(model, prompt, 8)
+    assert got == want and len(got) == 8
+
+
+def test_dynamic_int8_graph_uses_integer_gemms(make_llama, tmp_path):
+    """Every projection is an integer GEMM on slimkit's int8 weights; gate/up share one activation quantization."""
+    from onnx import numpy_helper
+
+    model = _dynamic_int8(make_llama(), quantize_tied=True)
+    export_decoder(model, tmp_path, ExportOptions())
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("MatMulIntegerToFloat") == LAYERS * 5 + 1  # qkv, o, gate, up, down + lm_head
+    assert "MatMul" not in ops and "MatMulNBits" not in ops
+    assert ops.count("Round") == LAYERS * 4 + 1  # qkv, o, gate+up (shared), down + lm_head inputs
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    down = model.model.layers[1].mlp.down_proj
+    assert np.array_equal(inits["model.layers.1.mlp.down_proj.weight_int8_t"], down.weight_int8.numpy().T)
+    assert np.array_equal(inits["model.layers.1.mlp.down_proj.weight_scale"], down.weight_scale.numpy())
+
+
+def test_gptq_group64_exports_and_decodes(tmp_path):
+    """The demo's {gptq, bits 4, group_size 64} recipe maps to MatMulNBits block 64 (and the int8
+    embedding to GatherBlockQuantized block 64) and decodes as torch does."""
+    import transformers
+
+    from slimkit.export.ort_model import OrtModel
+    from slimkit.measure.decode import greedy_decode
+
+    torch.manual_seed(2)  # width 64: the fixture's 32-wide embedding has no whole group of 64
+    cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=1, vocab_size=VOCAB, max_position_embeddings=64,
+                                   tie_word_embeddings=True)
+    calib = [torch.randint(0, VOCAB, (1, 16)) for _ in range(4)]
+    recipe = {"steps": [{"quantize": {"method": "gptq", "bits": 4, "group_size": 64}}]}
+    model = sk.compress(transformers.LlamaForCausalLM(cfg).eval(), recipe, calib=calib, progress=False).model
+    export_decoder(model, tmp_path, ExportOptions(accuracy_level=0))
+    proto = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False)
+    blocks = {a.i for n in proto.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
+    assert blocks == {64}
+    ort_model = OrtModel(tmp_path / "model.onnx", threads=1)
+    prompt = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(7))
+    got, seconds = greedy_decode(ort_model, prompt, 8)
+    assert got == greedy_decode(model, prompt, 8)[0] and seconds > 0
+
+
+# --------------------------------------------------------------------------- greedy_decode helper
+def test_greedy_decode_same_tokens_torch_ort_and_generate(make_llama, tmp_path):
+    """greedy_decode gives HF generate(do_sample=False)'s tokens for the torch model and its ORT export."""
+    from slimkit.export.ort_model import OrtModel
+    from slimkit.measure.decode import greedy_decode
+
+    model = make_llama(seed=3)
+    export_decoder(model, tmp_path, ExportOptions(accuracy_level=0))
+    ort_model = OrtModel(tmp_path / "model.onnx", threads=1, allow_spinning=False)
+    prompt = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        gen = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=10,
+                             min_new_tokens=10, pad_token_id=0)[0, 7:].tolist()
+    torch_ids, torch_s = greedy_decode(model, prompt, 10)
+    ort_ids, ort_s = greedy_decode(ort_model, prompt[0].tolist(), 10)
+    assert torch_ids == gen and ort_ids == gen
+    assert torch_s > 0 and ort_s > 0
+    assert greedy_decode(ort_model, prompt[:, :1], 3)[0] == greedy_decode(model, prompt[:, :1], 3)[0]
+
+
+def test_greedy_decode_refuses_bad_inputs(make_llama, make_bert, tmp_path):
+    from slimkit.export.ort_model import OrtModel
+    from slimkit.measure.decode import greedy_decode
+
+    model = make_llama()
+    with pytest.raises(sk.DataError, match="one non-empty sequence"):
+        greedy_decode(model, torch.zeros(2, 4, dtype=torch.int64), 4)
+    with pytest.raises(sk.DataError, match="new_tokens 0"):
+        greedy_decode(model, [1, 2], 0)
+    path = sk.export(make_bert(), tmp_path / "bert", format="onnx")
+    onnx_file = path if path.suffix == ".onnx" else path / "model.onnx"
+    with pytest.raises(sk.DataError, match="past_key_values"):
+        greedy_decode(OrtModel(onnx_file, threads=1), [1, 2], 2)
