@@ -6,11 +6,11 @@ measurement call a model with a tensor, a tuple of tensors or a dict of named te
 runs the file on the CPU execution provider with ``torch.get_num_threads()`` intra-op threads, and
 returns torch tensors in the same shapes, so the same evaluators measure the exported model.
 
-``allow_spinning`` (default: ORT's own, on) sets ``session.intra_op.allow_spinning``: ORT's worker
-threads busy-wait between operators, which lowers latency on idle cores but collapses it when the
-CPU is oversubscribed (measured on a shared 2-core machine at load ~5: SmolLM2 int4 decode 18
-tok/s spinning vs 35 not spinning, ORT fp32 3x slower than torch with spinning). Pass
-``allow_spinning=False`` on a shared CPU.
+``allow_spinning`` (default off) sets ``session.intra_op.allow_spinning``: with it on (ORT's own
+default) the worker threads busy-wait between operators, which saves a wake-up per operator on idle
+cores but collapses throughput when the CPU is oversubscribed (measured on a shared 2-core machine
+at load ~5: SmolLM2 int4 decode 18 tok/s spinning vs 35 not spinning; ORT fp32 ran 3x slower than
+torch with spinning). Pass ``allow_spinning=True`` on dedicated cores.
 
 Inputs the graph declares but the caller did not pass get the neutral value a full forward uses:
 ``attention_mask`` all ones, ``token_type_ids`` / ``position_ids`` from 0, and KV-cache inputs
@@ -84,7 +84,7 @@ class OrtModel(nn.Module):
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None,
-                 allow_spinning: bool | None = None) -> None:
+                 allow_spinning: bool = False) -> None:
         super().__init__()
         import onnxruntime as ort
 
@@ -95,8 +95,7 @@ class OrtModel(nn.Module):
         opts.intra_op_num_threads = int(threads if threads is not None else torch.get_num_threads())
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if allow_spinning is not None:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         self.allow_spinning = allow_spinning
         self.threads = opts.intra_op_num_threads
         try:
@@ -175,5 +174,6 @@ class OrtModel(nn.Module):
         return out
 
     def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, threads={self.threads}, inputs={list(self.inputs)}, outputs={self.output_names}"
+        return (f"path={str(self.path)!r}, threads={self.threads}, allow_spinning={self.allow_spinning}, "
+                f"inputs={list(self.inputs)}, outputs={self.output_names}")
 
