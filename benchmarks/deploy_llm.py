@@ -5,9 +5,16 @@ Rows (all in one process, 2 threads, same prompt and the same held-out text):
 * torch fp32 eager (Hugging Face, KV cache) and slimkit's GPTQ int4 model in torch (its own layers);
 * slimkit's ONNX decoder export (``slimkit/export/onnx_decoder.py``): fp32, and GPTQ int4 g32 as
   ``MatMulNBits`` built from slimkit's codes (accuracy_level 4, as the peer ships);
+* slimkit's dynamic int8 model (per-channel int8 weights, per-token activations) in torch and
+  exported (``MatMulIntegerToFloat`` on slimkit's int8 weights, activations quantized in the graph);
 * the peer: onnxruntime-genai's model builder (``-p int4 -e cpu``: round-to-nearest MatMulNBits
   block 32, accuracy_level 4, GroupQueryAttention), when ``onnxruntime-genai`` is installed
-  (``pip install .[deploy]``).
+  (``pip install .[deploy]``): its ONNX file run through the same plain ORT loop as ours (decode,
+  prefill, perplexity), and its own ``og.Generator`` (decode only; static KV buffer) for reference.
+
+ORT sessions: 2 intra-op threads, 1 inter-op, ORT_ENABLE_ALL, and ``session.intra_op.allow_spinning``
+off unless ``--spin`` (busy-waiting workers collapse when the CPU is oversubscribed, as the shared
+2-core machine these runs use is: ORT fp32 measured 3x slower than torch with spinning there).
 
 Decode tokens/s = greedy steps after a 32-token prompt (one token per step, KV cache fed back),
 median of 3 runs; prefill = one forward of 128 tokens, median of 3; perplexity = mean token NLL over
@@ -39,6 +46,9 @@ OUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks" / "deploy_l
 THREADS = 2
 PROMPT, PREFILL, RUNS = 32, 128, 3
 RECIPE = {"steps": [{"quantize": {"method": "gptq", "bits": 4, "group_size": 32}}]}
+INT8_RECIPE = {"steps": [{"quantize": {"method": "dynamic_int8", "per_channel": True}}]}
+SPIN = False  # --spin sets it
+NOTES = "## Investigation"  # docs section from here on is written by hand and kept on rewrite
 
 
 # ----------------------------------------------------------------------------- runners
@@ -51,6 +61,7 @@ class OrtDecoder:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = THREADS
         opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.past = {i.name: i for i in self.sess.get_inputs() if i.name.startswith("past_key_values")}
         self.out_names = [o.name for o in self.sess.get_outputs()]
@@ -79,6 +90,38 @@ class OrtDecoder:
         for s in range(steps):
             logits, past = self.step(np.array([[toks[-1]]], np.int64), past, prompt.shape[1] + s + 1)
             toks.append(int(logits[0, -1].argmax()))
+        return steps / (time.perf_counter() - t), toks
+
+
+class GenaiGenerator:
+    """onnxruntime-genai's own Generator on its build (decode only): 2 intra-op threads via its config."""
+
+    def __init__(self, build: Path, work: Path) -> None:
+        import json
+
+        import onnxruntime_genai as og
+
+        work.mkdir(exist_ok=True)
+        for f in build.iterdir():  # same files, a config with the thread count set
+            if f.name != "genai_config.json" and not (work / f.name).exists():
+                (work / f.name).symlink_to(f)
+        cfg = json.loads((build / "genai_config.json").read_text())
+        cfg["model"]["decoder"]["session_options"].update(intra_op_num_threads=THREADS, inter_op_num_threads=1)
+        (work / "genai_config.json").write_text(json.dumps(cfg, indent=1))
+        self.og, self.model = og, og.Model(str(work))
+
+    def decode(self, prompt: torch.Tensor, steps: int) -> tuple[float, list[int]]:
+        params = self.og.GeneratorParams(self.model)
+        total = prompt.shape[1] + steps + 1
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        gen = self.og.Generator(self.model, params)
+        gen.append_tokens(prompt[0].numpy().astype(np.int32))  # prefill; its logits give the first token
+        gen.generate_next_token()
+        toks = [int(gen.get_next_tokens()[0])]
+        t = time.perf_counter()
+        for _ in range(steps):
+            gen.generate_next_token()
+            toks.append(int(gen.get_next_tokens()[0]))
         return steps / (time.perf_counter() - t), toks
 
 
@@ -115,20 +158,27 @@ def perplexity(runner, batches: list[torch.Tensor]) -> float:
     return math.exp(nll / n)
 
 
-def prefill_ms(runner, ids: torch.Tensor) -> float:
-    runner.logits(ids)  # warm-up
-    times = []
+def interleaved(runners: dict[str, object], prompt: torch.Tensor, long: torch.Tensor, steps: int
+                ) -> dict[str, dict]:
+    """Decode tok/s and prefill ms, median of RUNS rounds that each visit every runner in turn, so a
+    change of machine load during the run hits all rows alike (the rows' ratios are what compare)."""
+    meas: dict[str, dict] = {k: {"tps": [], "pre": [], "toks": None} for k in runners}
+    for label, r in runners.items():  # warm-up
+        r.decode(prompt, 4)
+        if hasattr(r, "logits"):
+            r.logits(long)
     for _ in range(RUNS):
-        t = time.perf_counter()
-        runner.logits(ids)
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
-
-
-def decode_tps(runner, prompt: torch.Tensor, steps: int) -> tuple[float, list[int]]:
-    runner.decode(prompt, 4)  # warm-up
-    runs = [runner.decode(prompt, steps) for _ in range(RUNS)]
-    return statistics.median(r[0] for r in runs), runs[0][1]
+        for label, r in runners.items():
+            tps, toks = r.decode(prompt, 16 if label == TORCH_INT4 else steps)  # slimkit's torch int4 is slow
+            meas[label]["tps"].append(tps)
+            meas[label]["toks"] = meas[label]["toks"] or toks
+            if hasattr(r, "logits"):
+                t = time.perf_counter()
+                r.logits(long)
+                meas[label]["pre"].append(1000 * (time.perf_counter() - t))
+        print(f"round done, load {load_avg()}", flush=True)
+    return {k: {"tps": statistics.median(m["tps"]), "pre": statistics.median(m["pre"]) if m["pre"] else None,
+                "toks": m["toks"]} for k, m in meas.items()}
 
 
 def dir_mb(path: Path) -> float:
@@ -165,75 +215,129 @@ def genai_build(hf_dir: Path, out: Path, precision: str) -> Path | None:
     return out / "model.onnx"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/slimkit-deploy-llm"))
-    ap.add_argument("--steps", type=int, default=64, help="greedy decode steps timed per run")
-    ap.add_argument("--no-peer", action="store_true")
-    args = ap.parse_args()
-    torch.set_num_threads(THREADS)
-    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
-    args.cache.mkdir(parents=True, exist_ok=True)
+TORCH_FP32 = "torch fp32 eager (HF, KV cache)"
+TORCH_INT4 = "slimkit GPTQ int4 g32, torch (slimkit layers)"
+ORT_INT4 = "slimkit GPTQ int4 g32 -> ORT MatMulNBits"
+PEER_INT4 = "onnxruntime-genai builder int4 (RTN), same ORT loop"
+PEER_GEN = "onnxruntime-genai builder int4 (RTN), its og.Generator"
 
-    model, tok = sk.zoo.load_model("smollm2-135m")
-    test = [b["input_ids"] for b in sk.zoo.load_data("shakespeare", "test", tokenizer=tok, seq_len=256, max_batches=8)]
-    prompt, long = test[0][:, :PROMPT], test[1][:, :PREFILL]
-    q, gptq_s = gptq_model(model, tok, args.cache / "gptq")
 
-    runners: dict[str, tuple[object, str]] = {"torch fp32 eager (HF, KV cache)": (TorchDecoder(model), "")}
-    runners["slimkit GPTQ int4 g32, torch (slimkit layers)"] = (TorchDecoder(q), "")
-    for label, m, sub in (("slimkit export fp32 -> ORT", model, "ort_fp32"),
-                          ("slimkit GPTQ int4 g32 -> ORT MatMulNBits", q, "ort_gptq")):
+def load_avg() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def build_runners(args, model, tok, q, q8) -> dict[str, tuple[object, str]]:
+    runners: dict[str, tuple[object, str]] = {TORCH_FP32: (TorchDecoder(model), ""), TORCH_INT4: (TorchDecoder(q), ""),
+                                              "slimkit dynamic int8 (per-token), torch": (TorchDecoder(q8), "")}
+    for label, m, sub in (("slimkit export fp32 -> ORT", model, "ort_fp32"), (ORT_INT4, q, "ort_gptq"),
+                          ("slimkit dynamic int8 -> ORT MatMulIntegerToFloat", q8, "ort_int8")):
         d = args.cache / sub
         d.mkdir(exist_ok=True)
         t = time.perf_counter()
         export_decoder(m, d, ExportOptions(accuracy_level=4))
         print(f"{label}: exported in {time.perf_counter() - t:.1f} s", flush=True)
         runners[label] = (OrtDecoder(d / "model.onnx"), f"{dir_mb(d):.0f}")
-    if not args.no_peer:
-        hf_dir = args.cache / "hf_fp32"
-        if not (hf_dir / "config.json").exists():
-            model.save_pretrained(hf_dir)
-            tok.save_pretrained(hf_dir)
-        for precision in ("int4", "fp32"):
-            path = genai_build(hf_dir, args.cache / f"genai_{precision}", precision)
-            if path is not None:
-                runners[f"onnxruntime-genai builder {precision} (RTN)" if precision == "int4"
-                        else "onnxruntime-genai builder fp32"] = (OrtDecoder(path), f"{dir_mb(path.parent):.0f}")
+    if args.no_peer:
+        return runners
+    hf_dir = args.cache / "hf_fp32"
+    if not (hf_dir / "config.json").exists():
+        model.save_pretrained(hf_dir)
+        tok.save_pretrained(hf_dir)
+    for precision in ("int4", "fp32"):
+        path = genai_build(hf_dir, args.cache / f"genai_{precision}", precision)
+        if path is None:
+            continue
+        label = PEER_INT4 if precision == "int4" else "onnxruntime-genai builder fp32, same ORT loop"
+        runners[label] = (OrtDecoder(path), f"{dir_mb(path.parent):.0f}")
+        if precision == "int4":
+            runners[PEER_GEN] = (GenaiGenerator(path.parent, args.cache / "genai_int4_2threads"), "")
+    return runners
 
-    rows, ref_tokens, fp32_ppl, fp32_pre, fp32_tps = [], None, None, None, None
+
+def main() -> None:
+    global SPIN
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/slimkit-deploy-llm"))
+    ap.add_argument("--steps", type=int, default=64, help="greedy decode steps timed per run")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--spin", action="store_true", help="let ORT's worker threads spin (ORT's default)")
+    args = ap.parse_args()
+    SPIN = args.spin
+    torch.set_num_threads(THREADS)
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+    args.cache.mkdir(parents=True, exist_ok=True)
+    loads = [load_avg()]
+
+    model, tok = sk.zoo.load_model("smollm2-135m")
+    test = [b["input_ids"] for b in sk.zoo.load_data("shakespeare", "test", tokenizer=tok, seq_len=256, max_batches=8)]
+    prompt, long = test[0][:, :PROMPT], test[1][:, :PREFILL]
+    q, gptq_s = gptq_model(model, tok, args.cache / "gptq")
+    q8 = sk.compress(model, INT8_RECIPE, progress=False, measure=False).model
+    runners = build_runners(args, model, tok, q, q8)
+
+    res = interleaved({k: r for k, (r, _) in runners.items()}, prompt, long, args.steps)
+    loads.append(load_avg())
+    rows = []
+    ref, ref_tokens = res[TORCH_FP32], res[TORCH_FP32]["toks"]
     for label, (runner, mb) in runners.items():
-        steps = 16 if "torch (slimkit layers)" in label else args.steps  # slimkit's torch int4 is slow
-        tps, toks = decode_tps(runner, prompt, steps)
-        pre = prefill_ms(runner, long)
-        ppl = perplexity(runner, test)
-        if fp32_ppl is None:
-            ref_tokens, fp32_ppl, fp32_pre, fp32_tps = toks, ppl, pre, tps
+        tps, pre, toks = res[label]["tps"], res[label]["pre"], res[label]["toks"]
+        ppl = res[label]["ppl"] = perplexity(runner, test) if hasattr(runner, "logits") else None
         n = min(len(toks), len(ref_tokens))
         same = sum(a == b for a, b in zip(toks[:n], ref_tokens[:n]))
-        rows.append([label, f"{tps:.1f}", f"{tps / fp32_tps:.2f}x", f"{pre:.1f}", f"{pre / fp32_pre:.2f}",
-                     f"{ppl:.2f}", f"{ppl / fp32_ppl:.3f}", mb or "", f"{same}/{n}"])
+        rows.append([label, f"{tps:.1f}", f"{tps / ref['tps']:.2f}x",
+                     "" if pre is None else f"{pre:.1f}", "" if pre is None else f"{pre / ref['pre']:.2f}",
+                     "" if ppl is None else f"{ppl:.2f}", "" if ppl is None else f"{ppl / ref['ppl']:.3f}",
+                     mb or "", f"{same}/{n}"])
         print("| " + " | ".join(rows[-1]) + " |", flush=True)
-    write(rows, args, gptq_s)
+        loads.append(load_avg())
+    write(rows, targets(res), args, gptq_s, loads)
 
 
-def write(rows: list[list[str]], args, gptq_s: float | None) -> None:
+def targets(res: dict[str, dict]) -> list[str]:
+    """Issue 10 item 3's SmolLM2 targets, each stated met or missed from this run's numbers."""
+    ours, fp32, torch_q = res[ORT_INT4], res[TORCH_FP32], res[TORCH_INT4]
+    out = []
+    for peer in (PEER_INT4, PEER_GEN):
+        if peer in res:
+            r = ours["tps"] / res[peer]["tps"]
+            out.append(f"decode >= 0.9x the peer's int4 build ({peer}): {ours['tps']:.1f} vs {res[peer]['tps']:.1f} "
+                       f"tok/s = {r:.2f}x -> {'MET' if r >= 0.9 else 'MISSED'}")
+    if not any(p in res for p in (PEER_INT4, PEER_GEN)):
+        out.append("decode vs the peer: not measured (onnxruntime-genai not installed) -> NOT SHOWN")
+    r = ours["pre"] / fp32["pre"]
+    out.append(f"prefill {PREFILL} tokens <= 0.5x torch fp32: {ours['pre']:.0f} vs {fp32['pre']:.0f} ms = {r:.2f}x "
+               f"-> {'MET' if r <= 0.5 else 'MISSED'}")
+    r = ours["ppl"] / fp32["ppl"]
+    out.append(f"held-out perplexity <= x1.15 of fp32: x{r:.3f} -> {'MET' if r <= 1.15 else 'MISSED'}")
+    r = abs(ours["ppl"] / torch_q["ppl"] - 1)
+    out.append(f"perplexity within 1 % of slimkit's torch int4 model: {ours['ppl']:.2f} vs {torch_q['ppl']:.2f} "
+               f"({100 * r:.2f} %) -> {'MET' if r <= 0.01 else 'MISSED'}")
+    return out
+
+
+def write(rows: list[list[str]], verdicts: list[str], args, gptq_s: float | None, loads: list[str]) -> None:
     import onnxruntime as ort
 
     head = ["model / runtime", "decode tok/s", "vs torch fp32", f"prefill {PREFILL} tok (ms)", "prefill vs fp32",
             "held-out ppl", "ppl x fp32", "ONNX MB", "greedy tokens = fp32"]
     lines = ["# Deploying SmolLM2-135M to ONNX Runtime (decoder export with KV cache)", "",
-             f"`benchmarks/deploy_llm.py`, {THREADS} threads, ONNX Runtime {ort.__version__}, torch {torch.__version__}. "
+             f"`benchmarks/deploy_llm.py`, {THREADS} threads, ONNX Runtime {ort.__version__}, torch {torch.__version__}, "
+             f"ORT intra-op spinning {'on' if SPIN else 'off'}. "
              f"Decode: greedy tokens/s after a {PROMPT}-token prompt ({args.steps} steps; 16 for slimkit's torch int4), "
-             f"median of {RUNS}; prefill: one {PREFILL}-token forward, median of {RUNS}; perplexity: 8 x 256 "
+             f"median of {RUNS}; prefill: one {PREFILL}-token forward, median of {RUNS} (decode and prefill measured in {RUNS} "
+             "rounds visiting every row in turn); perplexity: 8 x 256 "
              "Shakespeare test tokens (calibration: 32 x 256 train tokens). "
              + (f"GPTQ calibration took {gptq_s:.0f} s." if gptq_s else "GPTQ model loaded from the run's cache."), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", "The machine (2 cores) was shared with other jobs while this ran: times are indicative, "
-              "ratios from the same run are the comparable numbers."]
+    lines += ["", f"Load average (1/5/15 min) at the start, after the timing rounds and after each row's perplexity: {'; '.join(loads)} "
+              f"({os.cpu_count()} cores, shared with other jobs): absolute times are noisy, ratios between "
+              "rows of the same run are the comparable numbers.", "", "Targets (issue 10, item 3):", ""]
+    lines += [f"- {v}" for v in verdicts]
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n")
+    old = OUT.read_text() if OUT.exists() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""  # the hand-written investigation is kept
+    OUT.write_text("\n".join(lines) + "\n" + ("\n" + notes if notes else ""))
     print("\n".join(lines))
 
 
