@@ -8,11 +8,9 @@ from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError
 from slimkit.core.heads import drop_protected, names_explicitly
 from slimkit.core.layer_notes import layer_summary
-from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import select_modules, tied_weight_names
-from slimkit.core.swap import custom_forward
-from slimkit.io.edits import replace_module
+from slimkit.core.swap import custom_forward, install_layer
 from slimkit.lowrank.svd.config import LowRankSVDConfig
 from slimkit.lowrank.svd.core import LowRankLinear, choose_rank
 
@@ -61,8 +59,7 @@ def low_rank_svd(model: nn.Module, cfg: LowRankSVDConfig, ctx: RunContext) -> nn
             ctx.skip(name, f"rank {r} would not save parameters ({r}x({in_f}+{out_f}) >= {in_f}x{out_f})")
             continue
         layer, err = LowRankLinear.from_linear(linear, r, svd)
-        replace_module(model, name, layer)
-        record_edit(model, {"op": "replace_module", "path": name, "kind": "low_rank_linear", "spec": layer.spec()})
+        install_layer(model, name, layer)
         before += in_f * out_f
         after += r * (in_f + out_f)
         errors[name] = round(err, 5)
