@@ -1,8 +1,11 @@
 """``slimkit demo``: SmolLM2-135M compressed several ways, measured side by side in one run.
 
 Quality is perplexity on held-out Shakespeare plays (test split, 8 chunks × 256 tokens), size is
-the bytes of the really saved checkpoint, speed is the median latency of one 128-token forward
-pass (and tokens/s) on this CPU, with every variant timed round-robin in one loop. Calibration
+the bytes of the really saved checkpoint (of the ``.onnx`` for the ONNX Runtime rows), speed is the
+median latency of one 128-token forward pass (prefill tokens/s) with every variant timed
+round-robin in one loop, and the decode tokens/s of greedy generation of 32 tokens with a KV cache.
+The dynamic int8 and GPTQ int4 variants are also exported with ``sk.export`` and run by ONNX
+Runtime (integer GEMMs / MatMulNBits), where they are really faster. Calibration
 (Wanda, GPTQ, mixed, block influence) uses 8 × 256 tokens of the train plays; healing distils from
 the untouched model for 30 steps of 128 train-split tokens.
 
@@ -12,6 +15,7 @@ over UTF-8 byte tokens of the same plays, 64-token chunks (seconds, not minutes)
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +108,54 @@ def demo(out_dir: str = "slimkit-demo", *, eval_batches: int = 8, progress: bool
                              progress=progress, baseline=base, name=label, latency_runs=0)
         rows.append((label, dict(result.report.after), recipe, result.report.steps))
         models[label] = result.model
-    # final latencies: all variants timed round-robin in one loop, so drift hits them alike
-    timings = sk.measure.compare_latency(models, work.example_inputs, runs=setup.latency_runs)
-    for label, metrics, recipe, steps in rows:
-        metrics.update(timings[label])
-        _add_speed(metrics, work.tokens_per_call)
-        report.add_variant(label, metrics, recipe=recipe, steps=steps)
+    with tempfile.TemporaryDirectory(prefix="slimkit-demo-onnx-") as exports:
+        for label in ORT_VARIANTS:  # the same compressed models, run by ONNX Runtime
+            ort_label, ort_model, metrics = _onnx_variant(label, models[label], rows, Path(exports), work)
+            rows.append((ort_label, metrics, rows_recipe(rows, label), []))
+            models[ort_label] = ort_model
+        # final latencies: all variants timed round-robin in one loop, so drift hits them alike
+        timings = sk.measure.compare_latency(models, work.example_inputs, runs=setup.latency_runs)
+        prompt = work.example_inputs["input_ids"][:1, :DECODE_PROMPT]
+        for label, metrics, recipe, steps in rows:
+            metrics.update(timings[label])
+            _add_speed(metrics, work.tokens_per_call)
+            metrics["decode_tokens_per_s"] = _decode_speed(models[label], prompt)
+            report.add_variant(label, metrics, recipe=recipe, steps=steps)
     report.save(out_dir, overwrite=overwrite)
     return report
+
+
+#: torch variants also exported to ONNX Runtime (MatMulNBits / integer GEMMs, KV cache)
+ORT_VARIANTS = ("dynamic int8", "gptq int4 g64")
+#: greedy decoding after a prompt of this many held-out tokens
+DECODE_PROMPT, DECODE_TOKENS = 16, 32
+
+
+def rows_recipe(rows: list[tuple[str, dict[str, Any], dict[str, Any], list[Any]]], label: str) -> dict[str, Any]:
+    return next(recipe for lab, _, recipe, _ in rows if lab == label)
+
+
+def _onnx_variant(label: str, model: Any, rows: list[Any], exports: Path, work: Any) -> tuple[str, Any, dict[str, Any]]:
+    """Export a compressed variant with ``sk.export`` and measure the .onnx like the others: bytes of
+    the exported file, held-out perplexity computed from ORT's logits (latency comes later)."""
+    import slimkit as sk
+    from slimkit.export.ort_model import OrtModel, onnx_size_bytes
+
+    path = sk.export(model, exports / label.replace(" ", "-"), format="onnx")
+    ort_model = OrtModel(path)
+    torch_metrics = next(m for lab, m, _, _ in rows if lab == label)
+    metrics = {k: torch_metrics[k] for k in ("params", "nonzero_params", "macs") if k in torch_metrics}
+    metrics["bytes"] = onnx_size_bytes(path)
+    metrics["quality"] = float(work.evaluator(ort_model))
+    return f"{label} → ONNX Runtime", ort_model, metrics
+
+
+def _decode_speed(model: Any, prompt: Any) -> float:
+    """Tokens/s of greedy decoding (KV cache, one token per step) after ``prompt``."""
+    from slimkit.measure.decode import greedy_decode
+
+    _, seconds = greedy_decode(model, prompt, DECODE_TOKENS)
+    return DECODE_TOKENS / seconds
 
 
 class ByteTokenizer:

@@ -12,7 +12,8 @@ COLUMNS = (
     ("bytes", "checkpoint", lambda v: f"{v / 2**20:.1f} MiB"),
     ("macs", "MACs", lambda v: f"{v / 1e9:.3f} G"),
     ("latency_ms", "latency (median)", lambda v: f"{v:.2f} ms"),
-    ("tokens_per_s", "tokens/s", lambda v: f"{v:.0f}"),
+    ("tokens_per_s", "prefill tokens/s", lambda v: f"{v:.0f}"),
+    ("decode_tokens_per_s", "decode tokens/s", lambda v: f"{v:.1f}"),
     ("quality", "quality", lambda v: f"{v:.4g}"),
 )
 

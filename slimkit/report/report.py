@@ -14,7 +14,7 @@ import torch
 __all__ = ["Report", "RATIO_KEYS", "ratios", "environment"]
 
 #: metrics that get a ratio to the baseline
-RATIO_KEYS = ("params", "nonzero_params", "bytes", "macs", "latency_ms", "tokens_per_s", "quality")
+RATIO_KEYS = ("params", "nonzero_params", "bytes", "macs", "latency_ms", "tokens_per_s", "decode_tokens_per_s", "quality")
 
 
 def ratios(metrics: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:

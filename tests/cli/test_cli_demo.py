@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from slimkit.cli.demo import TINY, variants
+from slimkit.cli.demo import ORT_VARIANTS, TINY, variants
 from slimkit.cli.main import main
 
-NUMERIC = ("params", "nonzero_params", "bytes", "macs", "quality", "latency_ms", "tokens_per_s")
+NUMERIC = ("params", "nonzero_params", "bytes", "macs", "quality", "latency_ms", "tokens_per_s", "decode_tokens_per_s")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def test_tiny_demo_writes_every_report_file(tiny_demo) -> None:
 
 def test_every_variant_row_has_numeric_metrics(tiny_demo) -> None:
     _, out, report = tiny_demo
-    expected = ["fp32 baseline"] + [label for label, _ in variants(TINY.n_blocks, TINY.drop, TINY.heal_steps)]
+    expected = (["fp32 baseline"] + [label for label, _ in variants(TINY.n_blocks, TINY.drop, TINY.heal_steps)]
+                + [f"{label} → ONNX Runtime" for label in ORT_VARIANTS])
     assert [v["label"] for v in report["variants"]] == expected
     markdown = (out / "report.md").read_text(encoding="utf-8")
     for row in report["variants"]:
@@ -53,3 +54,12 @@ def test_variants_really_compress(tiny_demo) -> None:
     assert rows["magnitude 50% + int8"]["bytes"] < rows["dynamic int8"]["bytes"]
     # held-out perplexity of a random model over 256 byte tokens: near the uniform 256, not NaN or 1
     assert 50 < base["quality"] < 2000
+
+
+def test_onnx_rows_run_in_onnx_runtime_with_the_torch_models_quality(tiny_demo) -> None:
+    """The exported int8 / int4 models are really run by ORT and give (nearly) the torch perplexity."""
+    rows = {v["label"]: v["metrics"] for v in tiny_demo[2]["variants"]}
+    for label in ORT_VARIANTS:
+        ort, torch_row = rows[f"{label} → ONNX Runtime"], rows[label]
+        assert "onnxruntime" in ort["runtime"]
+        assert abs(ort["quality"] / torch_row["quality"] - 1) < 0.02, (label, ort["quality"], torch_row["quality"])
