@@ -136,6 +136,7 @@ def test_demo_overwrite_replaces_its_own_old_report(tmp_path, capsys, monkeypatc
     """The real tiny demo pipeline, cut to one variant, writes over a report directory slimkit wrote."""
     one = [("magnitude 50%", {"steps": [{"prune": {"method": "magnitude", "sparsity": 0.5, "ignore": ["lm_head"]}}]})]
     monkeypatch.setattr(demo_module, "variants", lambda *a: one)
+    monkeypatch.setattr(demo_module, "ORT_VARIANTS", ())
     out = tmp_path / "demo"
     sk.Report(name="old").save(str(out))
     assert main(["demo", "--tiny", "--out", str(out), "--eval-batches", "1", "--json", "--overwrite"]) == 0
