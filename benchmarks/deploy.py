@@ -45,6 +45,7 @@ from slimkit.zoo.photos import photo_names
 ROOT = Path(__file__).resolve().parent.parent
 LLM_SCRIPTS = {"deploy_llm": ("SmolLM2-135M in ONNX Runtime", ROOT / "docs/benchmarks/deploy_llm.md"),
                "deploy_gguf": ("SmolLM2-135M in llama.cpp", ROOT / "docs/benchmarks/deploy_gguf.md")}
+ORT_SPINNING = False  # --ort-spinning: keep ORT's default idle spinning (see quiet_threads)
 HEADER = ("| variant | runtime | median ms | p90 ms | speed-up vs torch fp32 | vs ORT fp32 | {quality} | file MiB |",
           "|---|---|---|---|---|---|---|---|")
 
@@ -60,11 +61,27 @@ def torch_bytes(model: nn.Module) -> int:
     return int(sk.measure(model, None, latency=False)["bytes"])
 
 
-def ort_variant(model_or_path: nn.Module | Path, out: Path, threads: int, tok: Any = None) -> Variant:
+def ort_variant(model_or_path: nn.Module | Path, out: Path, threads: int, tok: Any = None,
+                example: torch.Tensor | None = None) -> Variant:
     """Export ``model`` with ``sk.export`` (or take an .onnx path) and wrap it in an ``OrtModel``."""
     path = model_or_path if isinstance(model_or_path, Path) else sk.export(model_or_path, out, format="onnx",
-                                                                           tokenizer=tok)
-    return Variant(OrtModel(path, threads=threads), "ORT", onnx_size_bytes(path))
+                                                                           tokenizer=tok, example_inputs=example)
+    model = OrtModel(path, threads=threads)
+    return Variant(model if ORT_SPINNING else quiet_threads(model), "ORT", onnx_size_bytes(path))
+
+
+def quiet_threads(model: OrtModel) -> OrtModel:
+    """Re-open the session with intra-op spinning off: ORT's idle threads otherwise spin for a while
+    after each run and take the 2 shared cores from the next model of the round-robin (a torch
+    model right after an ORT one ran up to 6× slower in a first run of this script)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = model.threads, 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model.session = ort.InferenceSession(str(model.path), opts, providers=["CPUExecutionProvider"])
+    return model
 
 
 def compress(model: nn.Module, steps: list[dict], **data: Any) -> tuple[nn.Module, Any]:
@@ -225,12 +242,12 @@ def mobilenet_section(args: argparse.Namespace, tmp: Path) -> list[str]:
     t = args.threads
     rows: dict[str, Variant] = {"torch fp32 eager": Variant(model, "torch eager", torch_bytes(model))}
     failed: dict[str, str] = {}
-    try_add(rows, failed, "ORT fp32 (slimkit export)", lambda: ort_variant(model, tmp / "mnv2_fp32", t))
+    try_add(rows, failed, "ORT fp32 (slimkit export)", lambda: ort_variant(model, tmp / "mnv2_fp32", t, example=held[0][:2]))
     fp32_path = tmp / "mnv2_fp32" / "model.onnx"
 
     def static(graph: str) -> Variant:
         q, _ = compress(model, [{"quantize": {"method": "static_int8", "graph": graph}}], calib=calib)
-        return ort_variant(q, tmp / f"mnv2_static_{graph}", t)
+        return ort_variant(q, tmp / f"mnv2_static_{graph}", t, example=held[0][:2])
 
     try_add(rows, failed, "slimkit static_int8 per layer (graph: off) -> ORT QDQ", lambda: static("off"))
 
@@ -242,7 +259,7 @@ def mobilenet_section(args: argparse.Namespace, tmp: Path) -> list[str]:
 
     def peer() -> Variant:
         out = tmp / "mnv2_qs.onnx"
-        name = OrtModel(fp32_path, threads=1).session.get_inputs()[0].name
+        name = OrtModel(fp32_path, threads=1).session.get_inputs()[0].name  # "input" (a plain module)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_static(str(fp32_path), str(out), _PhotoReader(name, calib), quant_format=QuantFormat.QDQ,
@@ -256,7 +273,7 @@ def mobilenet_section(args: argparse.Namespace, tmp: Path) -> list[str]:
         example = calib[0]
         p, _ = compress(model, [{"prune": {"method": "structured", "granularity": "channel", "target_macs": 0.5,
                                            "round_to": 8}}], example_inputs=example)
-        v = ort_variant(p, tmp / "mnv2_pruned", t)
+        v = ort_variant(p, tmp / "mnv2_pruned", t, example=held[0][:2])
         v.note = f"MACs kept {sk.measure.count_macs(p, example[:1]) / sk.measure.count_macs(model, example[:1]):.3f}"
         return v
 
@@ -325,6 +342,16 @@ def llm_sections(run: bool) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- main
+def kept_analysis(path: Path) -> list[str]:
+    """The hand-written analysis of the existing doc, so a re-run keeps it (and its numbers can be re-checked)."""
+    start, end = "<!-- part:analysis -->", "<!-- /part:analysis -->"
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if start not in text or end not in text:
+        return ["(none yet)"]
+    return text[text.index(start) + len(start):text.index(end)].strip("\n").splitlines()
+
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -335,8 +362,12 @@ def main() -> None:
     parser.add_argument("--skip-llm", action="store_true", help="leave out the SmolLM2 sections")
     parser.add_argument("--llm-from-docs", action="store_true",
                         help="include the SmolLM2 sections as deploy_llm.py / deploy_gguf.py last wrote them")
+    parser.add_argument("--ort-spinning", action="store_true",
+                        help="keep ORT's idle thread spinning (default off: it steals the next model's cores)")
     parser.add_argument("--out", default=str(ROOT / "docs/benchmarks/deploy.md"))
     args = parser.parse_args()
+    global ORT_SPINNING
+    ORT_SPINNING = args.ort_spinning
     torch.set_num_threads(args.threads)
     import onnxruntime as ort
 
@@ -357,11 +388,13 @@ def main() -> None:
                f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at start, {load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} "
                f"at end (above 2 means other jobs competed for the cores: absolute times are inflated, ratios "
                f"within a table are from the same interleaved rounds); {args.threads} threads (torch "
-               f"set_num_threads, ORT intra-op); torch {torch.__version__}, onnxruntime {ort.__version__}; "
+               f"set_num_threads, ORT intra-op; ORT idle spinning {'on' if args.ort_spinning else 'off'}); torch {torch.__version__}, onnxruntime {ort.__version__}; "
                f"{time.time() - start:.0f} s; `{' '.join(sys.argv)}`.")
     body.insert(2, machine)
     body.insert(3, "")
     out = Path(args.out)
+    body += ["## Analysis (written by hand after the run; kept when the script re-writes the doc)", "",
+             "<!-- part:analysis -->", *kept_analysis(out), "<!-- /part:analysis -->", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_out = out.with_name(f".{out.name}.tmp")
     tmp_out.write_text("\n".join(body) + "\n", encoding="utf-8")
