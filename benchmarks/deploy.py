@@ -100,6 +100,17 @@ def try_add(rows: dict[str, Variant], failed: dict[str, str], label: str, build:
         print(f"{label}: FAILED\n{traceback.format_exc()}", file=sys.stderr, flush=True)
 
 
+def footer(rows: dict, failed: dict[str, str], pruned_note: str) -> list[str]:
+    """Lines under a table: each row's note (with ``pruned_note``), then the variants that failed."""
+    lines: list[str] = []
+    notes = [f"{k}: {v.note}" for k, v in rows.items() if v.note]
+    if notes:
+        lines += ["", "Notes: " + "; ".join(notes) + f" ({pruned_note})."]
+    if failed:
+        lines += ["", "Failed (no row): " + "; ".join(f"{k}: `{v}`" for k, v in failed.items())]
+    return lines
+
+
 def time_rows(rows: dict[str, Variant], inputs: Any, rounds: int, threads: int) -> dict[str, dict[str, Any]]:
     return sk.measure.compare_latency({k: v.model for k, v in rows.items()}, inputs, runs=rounds, threads=threads)
 
@@ -186,12 +197,8 @@ def minilm_section(args: argparse.Namespace, tmp: Path) -> list[str]:
         quality[k] = f"{mean:.4f} | {cos.last_min:.4f}"
     lines = table(rows, times, quality, "mean cosine | min cosine", "torch fp32 eager", "ORT fp32 (slimkit export)")
     lines += minilm_targets(rows, times, mins)
-    notes = [f"{k}: {v.note}" for k, v in rows.items() if v.note]
-    if notes:
-        lines += ["", "Notes: " + "; ".join(notes) + " (no recovery distillation here: the pruned row's cosine "
-                  "is before recovery, see docs/benchmarks/prune.md for recovered quality)."]
-    if failed:
-        lines += ["", "Failed (no row): " + "; ".join(f"{k}: `{v}`" for k, v in failed.items())]
+    lines += footer(rows, failed, "no recovery distillation here: the pruned row's cosine is before recovery, "
+                    "see docs/benchmarks/prune.md for recovered quality")
     head = [f"{len(held) * 32} held-out Shakespeare lines for cosine (mean-pooled embeddings vs torch fp32); "
             f"latency on one batch of 32 × 128 tokens, {args.rounds} round-robin rounds; calibration (static / "
             "SmoothQuant / pruning importance): 128 train-split lines.", ""]
@@ -287,12 +294,8 @@ def mobilenet_section(args: argparse.Namespace, tmp: Path) -> list[str]:
     lines = table(rows, times, quality, "top-1 agreement | top-5 agreement", "torch fp32 eager",
                   "ORT fp32 (slimkit export)")
     lines += mobilenet_targets(rows, times, top1)
-    notes = [f"{k}: {v.note}" for k, v in rows.items() if v.note]
-    if notes:
-        lines += ["", "Notes: " + "; ".join(notes) + " (pruned row without recovery training: its agreement "
-                  "is before recovery, see docs/benchmarks/prune.md)."]
-    if failed:
-        lines += ["", "Failed (no row): " + "; ".join(f"{k}: `{v}`" for k, v in failed.items())]
+    lines += footer(rows, failed, "pruned row without recovery training: its agreement is before recovery, "
+                    "see docs/benchmarks/prune.md")
     head = [f"Batch of {len(held[0])} crops of the held-out `test` photos, {args.rounds} round-robin rounds; "
             f"agreement with torch fp32 on all {sum(len(b) for b in held)} test crops; calibration "
             f"{sum(len(b) for b in calib)} crops of the {n_calib} `calib` photos (split by photo).", ""]
