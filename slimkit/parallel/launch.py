@@ -82,6 +82,10 @@ def _worker(local_rank: int, fn: Callable[..., Any], nproc: int, port: int, args
     ensure_process_group()
     try:
         fn(local_rank, *args)
+        # Every rank waits for the slowest (rank 0 often writes files after training) before the group
+        # is torn down: a gloo rank that destroys its group while a peer is still connected can abort
+        # with "terminate called without an active exception" (seen on CI).
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
