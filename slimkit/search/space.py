@@ -95,7 +95,9 @@ class SpaceOptions:
     ``levels`` / ``level_step`` are the search config's fields, interpreted by each space (for
     sparsity: ``levels`` levels on each side of the target, ``level_step`` apart; for bits: the
     candidate bit widths); ``None`` means the space's default. ``calib`` is the calibration data
-    (a list of model inputs) for spaces whose levels are computed from activations.
+    (a list of model inputs) for spaces whose levels are computed from activations. ``storage``
+    (``auto`` | ``memory`` | ``disk``) and ``memory_limit_mb`` say where a level database may live:
+    ``auto`` spills to a temporary directory when it would exceed ``memory_limit_mb``.
     """
 
     levels: Any = None
@@ -103,6 +105,8 @@ class SpaceOptions:
     calib: list[Any] | None = None
     seed: int = 0
     progress: bool = False
+    storage: str = "auto"
+    memory_limit_mb: int = 1024
 
 
 #: ``factory(model, step, ctx, options) -> LevelSpace``; ``step`` is the validated
