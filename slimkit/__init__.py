@@ -16,6 +16,7 @@ from slimkit.core.errors import CheckpointError, ConfigError, DataError, Slimkit
 from slimkit.core.recipe import Recipe, Step
 from slimkit.core.registry import STEP_NAMES, methods_of
 from slimkit.core.runner import Result, compress
+from slimkit.stream import compress_stream
 from slimkit.io.checkpoint import load, save
 from slimkit.export import export
 from slimkit import measure
@@ -25,6 +26,7 @@ from slimkit.report import Report
 __all__ = [
     "__version__",
     "compress",
+    "compress_stream",
     "Result",
     "Recipe",
     "Step",

@@ -26,11 +26,13 @@ from slimkit.io.encodings import decode_tensor, encode_tensor
 from slimkit.io.outputs import atomic_dir, check_replaceable
 
 __all__ = ["save", "load", "read_manifest", "read_tensors", "FORMAT_VERSION", "TENSOR_FILE", "MANIFEST_FILE",
-           "atomic_dir"]
+           "INDEX_FILE", "atomic_dir"]
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "model.safetensors"
 MANIFEST_FILE = "slimkit.json"
+#: sharded checkpoints (``sk.compress_stream``): ``{"weight_map": {tensor: shard file}}`` in place of TENSOR_FILE
+INDEX_FILE = "model.safetensors.index.json"
 
 
 # ----------------------------------------------------------------------------- saving
@@ -169,15 +171,21 @@ def _check_manifest_keys(manifest: dict[str, Any], path: Path) -> None:
             raise CheckpointError(f"{path} is malformed: encodings[{name!r}] is a {type(record).__name__}, expected an object")
 
 
-def load(ckpt_dir: str | Path, *, model: nn.Module | None = None) -> nn.Module:
-    """Rebuild the architecture (or use ``model``), replay structural edits, load the tensors."""
+def load(ckpt_dir: str | Path, *, model: nn.Module | None = None, lazy: bool = False) -> nn.Module:
+    """Rebuild the architecture (or use ``model``), replay structural edits, load the tensors.
+
+    ``lazy=True`` builds the base architecture without allocating its weights (meta device) and
+    puts the checkpoint's tensors in place (``assign``), so a large checkpoint (e.g. from
+    ``sk.compress_stream``) is held in memory once, not twice.
+    """
     d = Path(ckpt_dir)
     manifest = read_manifest(d)
-    raw = read_tensors(d / TENSOR_FILE)
-    net = model if model is not None else _rebuild_base(manifest["base"], d / MANIFEST_FILE)
+    raw = _read_checkpoint_tensors(d)
+    net = model if model is not None else _rebuild_base(manifest["base"], d / MANIFEST_FILE, lazy)
     replay_edits(net, manifest.get("edits", []))
     state = _decode_state(manifest, raw, d / MANIFEST_FILE)
-    _load_state(net, state)
+    del raw
+    _load_state(net, state, assign=lazy)
     provenance.set_base(net, manifest["base"])
     for edit in manifest.get("edits", []):
         provenance.record_edit(net, edit)
@@ -185,6 +193,23 @@ def load(ckpt_dir: str | Path, *, model: nn.Module | None = None) -> nn.Module:
         provenance.set_recipe(net, manifest["recipe"])
     provenance.set_source(net, str(d.resolve()))
     return net.eval()
+
+
+def _read_checkpoint_tensors(d: Path) -> dict[str, torch.Tensor]:
+    """``model.safetensors``, or every shard named by ``model.safetensors.index.json``."""
+    index = d / INDEX_FILE
+    if (d / TENSOR_FILE).exists() or not index.is_file():
+        return read_tensors(d / TENSOR_FILE)
+    try:
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index} is malformed: {exc}") from None
+    raw: dict[str, torch.Tensor] = {}
+    for name in files:
+        if not isinstance(name, str) or Path(name).name != name:
+            raise CheckpointError(f"{index} names {name!r}, not a file in {d}")
+        raw.update(read_tensors(d / name))
+    return raw
 
 
 def _decode_state(manifest: dict[str, Any], raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -225,10 +250,10 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is corrupt or truncated: {exc}") from None
 
 
-def _rebuild_base(base: dict[str, Any], path: Path) -> nn.Module:
+def _rebuild_base(base: dict[str, Any], path: Path, lazy: bool = False) -> nn.Module:
     """The original architecture from the manifest's ``base`` record (``path`` names the manifest in errors)."""
     if "hf_class" in base:
-        return _rebuild_hf(base, path)
+        return _rebuild_hf(base, path, lazy)
     if "zoo" in base:
         from slimkit import zoo
 
@@ -239,7 +264,7 @@ def _rebuild_base(base: dict[str, Any], path: Path) -> nn.Module:
     )
 
 
-def _rebuild_hf(base: dict[str, Any], path: Path) -> nn.Module:
+def _rebuild_hf(base: dict[str, Any], path: Path, lazy: bool = False) -> nn.Module:
     import transformers
 
     name = base["hf_class"]
@@ -252,15 +277,35 @@ def _rebuild_hf(base: dict[str, Any], path: Path) -> nn.Module:
         raise CheckpointError(f"{path} is malformed: base.hf_config is "
                               f"{'missing' if config is None else 'a ' + type(config).__name__}, expected an object")
     try:
-        return cls(cls.config_class.from_dict(config))
+        if not lazy:
+            return cls(cls.config_class.from_dict(config))
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):  # parameters on meta; rotary buffers computed
+            return cls(cls.config_class.from_dict(config))
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         raise CheckpointError(f"{path}: base.hf_config does not build a {name}: {exc}") from None
 
 
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor], assign: bool = False) -> None:
+    shared = _shared_parameters(net) if assign else []
     try:
-        result = net.load_state_dict(state, strict=True)
+        result = net.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint tensors do not fit the rebuilt model: {str(exc)[:500]}") from None
     if result.missing_keys or result.unexpected_keys:  # pragma: no cover - strict raises first
         raise CheckpointError(f"missing {result.missing_keys}, unexpected {result.unexpected_keys}")
+    for group in shared:  # assign gives each name its own Parameter: tie them again
+        first = getattr(group[0][0], group[0][1])
+        for module, leaf in group[1:]:
+            module._parameters[leaf] = first
+
+
+def _shared_parameters(net: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """Groups of (module, name) holding the same Parameter object (a tied head and embedding)."""
+    owners: dict[int, list[tuple[nn.Module, str]]] = {}
+    for module in net.modules():
+        for leaf, p in module._parameters.items():
+            if p is not None:
+                owners.setdefault(id(p), []).append((module, leaf))
+    return [g for g in owners.values() if len(g) > 1]
