@@ -12,6 +12,7 @@ from slimkit.prune.layer_report import note_weight_sparsity
 from slimkit.prune.magnitude.config import MagnitudePruneConfig
 from slimkit.prune.magnitude.core import apply_mask, global_threshold, layer_mask
 from slimkit.prune.pattern import check_nm_width, nm_mask, parse_pattern
+from slimkit.prune.sparsity import layer_sparsities
 
 __all__ = ["prune_magnitude", "weight_sparsity"]
 
@@ -33,12 +34,13 @@ def prune_magnitude(model: nn.Module, cfg: MagnitudePruneConfig, ctx: RunContext
     importance = MagnitudeImportance()
     scores = {name: importance(name, m) for name, m in layers}
     threshold = global_threshold(list(scores.values()), cfg.sparsity) if cfg.scope == "global" else None
+    sparsity = layer_sparsities(cfg.sparsity, layers, ctx) if nm is None and threshold is None else {}
     for name, module in layers:
         s = scores[name]
         if nm is not None:
             keep = nm_mask(s, *nm)
         else:
-            keep = s > threshold if threshold is not None else layer_mask(s, cfg.sparsity)
+            keep = s > threshold if threshold is not None else layer_mask(s, sparsity[name])
         apply_mask(module.weight, keep)
     note_weight_sparsity(layers, ctx)
     return model

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from slimkit.core.config import StepConfig, check_choice, check_range, check_str_list
+from slimkit.core.config import StepConfig, check_choice, check_str_list
 from slimkit.core.errors import ConfigError
+from slimkit.core.per_layer import PerLayer, is_per_layer
 from slimkit.prune.pattern import parse_pattern
+from slimkit.prune.sparsity import check_sparsity
 
 __all__ = ["MagnitudePruneConfig", "PRUNABLE_TYPES"]
 
@@ -32,10 +34,17 @@ class MagnitudePruneConfig(StepConfig):
     ```yaml
     - prune: {method: magnitude, pattern: "2:4", ignore: [lm_head]}
     ```
+    ``sparsity`` may also be a per-layer map ``{rule: sparsity}`` (module names or ``re:`` regexes,
+    first match wins, every selected layer matched, every rule used; see
+    :mod:`slimkit.core.per_layer`), with ``scope: layer`` and no ``pattern``:
+
+    ```yaml
+    - prune: {method: magnitude, sparsity: {"re:.*\\.mlp\\..*": 0.7, "re:.*": 0.4}}
+    ```
     """
 
     method: str = "magnitude"
-    sparsity: float = 0.5
+    sparsity: PerLayer = 0.5
     scope: str = "layer"
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
@@ -43,8 +52,11 @@ class MagnitudePruneConfig(StepConfig):
     pattern: str | None = None
 
     def validate(self) -> None:
-        check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
+        check_sparsity(self.sparsity, self.pattern)
         check_choice("scope", self.scope, ["layer", "global"])
+        if is_per_layer(self.sparsity) and self.scope == "global":
+            raise ConfigError("sparsity: a per-layer map needs scope = 'layer'; scope = 'global' ranks every layer "
+                              "against one threshold")
         if self.targets is not None:
             check_str_list("targets", self.targets)
         check_str_list("ignore", self.ignore)

@@ -18,9 +18,15 @@ class SparseGPTPruneConfig(CalibratedPruneConfig):
     - prune: {method: sparsegpt, pattern: "2:4", blocksize: 128, percdamp: 0.01, ignore: [lm_head]}
     ```
     Layers are processed block by block on calibration data; within a layer, columns are pruned in
-    blocks of ``blocksize`` (the mask is chosen per block, exactly ``sparsity`` of each block) and the
+    blocks of ``blocksize`` (the mask is chosen per block, ``sparsity`` of each block, rounded so
+    that the layer loses exactly ``round(sparsity * numel)`` weights) and the
     remaining weights are updated to compensate (OBS update with the inverse Hessian ``(XᵀX + λI)⁻¹``,
-    ``λ = percdamp · mean(diag XᵀX)``).
+    ``λ = percdamp · mean(diag XᵀX)``). Per-layer maps and ``allocation: owl`` as for Wanda:
+
+    ```yaml
+    - prune: {method: sparsegpt, sparsity: {"re:model\\.layers\\.[0-3]\\..*": 0.55, "re:.*": 0.72}}
+    - prune: {method: sparsegpt, sparsity: 0.7, allocation: owl, owl_lambda: 0.08}
+    ```
     """
 
     method: str = "sparsegpt"

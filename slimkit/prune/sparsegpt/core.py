@@ -35,6 +35,12 @@ def _inverse_hessian_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
     raise torch.linalg.LinAlgError("Hessian is not positive definite even after damping")
 
 
+def _block_count(rows: int, i1: int, i2: int, sparsity: float) -> int:
+    """Entries pruned in columns ``[i1, i2)``: cumulative rounding, so the blocks add up to exactly
+    ``round(sparsity * rows * cols)`` for the layer (``round(sparsity * block)`` when that is whole)."""
+    return int(round(sparsity * rows * i2)) - int(round(sparsity * rows * i1))
+
+
 @torch.no_grad()
 def sparsegpt_prune(
     weight: torch.Tensor,
@@ -67,7 +73,7 @@ def sparsegpt_prune(
         prune = torch.zeros_like(W1, dtype=torch.bool)
         if nm is None:
             saliency = W1.pow(2) / d.reshape(1, -1).pow(2)
-            k = int(round(sparsity * saliency.numel()))
+            k = _block_count(W.shape[0], i1, i2, sparsity)
             if k:
                 prune.view(-1)[torch.topk(saliency.reshape(-1), k, largest=False).indices] = True
         for i in range(i2 - i1):
