@@ -34,6 +34,8 @@ class RunContext:
     #: filled by the running step: notes (numbers worth reporting) and skipped layers with reasons
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
     skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    #: set by :meth:`replace_step`: the ordinary step the result's recipe records instead of this one
+    replacement: dict[str, Any] | None = None
 
     def require(self, what: str, step: str) -> Any:
         """The named input (``calib``, ``train``, ``teacher``, ``example_inputs``) or a DataError."""
@@ -61,6 +63,13 @@ class RunContext:
 
         yield from track(items, description=description, total=total, transient=True)
 
+    def replace_step(self, step: dict[str, Any]) -> None:
+        """Record ``step`` (a one-key recipe mapping) in the result's recipe in place of the running
+        step: a ``search`` step puts the ordinary step it found there, so re-running the recipe (or
+        ``sk.load`` reading it) needs no search. The runner validates it like any recipe step."""
+        self.replacement = dict(step)
+
     def begin_step(self) -> None:
         self.notes = {}
         self.skipped = []
+        self.replacement = None

@@ -66,6 +66,8 @@ def compress(
     ``baseline`` reuses metrics already measured on the input model (comparisons of variants);
     ``latency_runs=0`` skips per-step latency (and so the per-step speed guard), for callers that
     time all variants round-robin themselves, as ``slimkit demo`` does.
+    A step that calls ``ctx.replace_step(step)`` (the ``search`` step) is recorded in
+    ``Result.recipe`` (and the saved recipe) as that ordinary step; the input recipe is not changed.
     """
     from slimkit.measure.quality import as_evaluator
     from slimkit.report import Report
@@ -83,8 +85,13 @@ def compress(
     probe = _Probe(ctx, evaluator, measure, latency_runs)
     report.before = dict(baseline) if baseline is not None else probe(model)
     work = copy.deepcopy(model).eval()
+    ran, replaced = list(plan.steps), False
     for index, step in enumerate(plan.steps):
         work = _run_step(work, step, index, len(plan.steps), ctx, probe, report)
+        if ctx.replacement is not None:  # a search step: the result's recipe holds the step it found
+            ran[index], replaced = Recipe.from_dict([ctx.replacement]).steps[0], True
+    if replaced:
+        plan = dataclasses.replace(plan, steps=ran)
     provenance.set_recipe(work, plan.to_dict())
     report.after = report.steps[-1]["metrics"] if report.steps else dict(report.before)
     report.finish()

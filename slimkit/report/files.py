@@ -7,6 +7,7 @@ from typing import Any
 
 from slimkit.io.outputs import atomic_dir, check_replaceable
 from slimkit.report.plot import render_plot
+from slimkit.report.search_plot import render_search_plot, search_plot_names
 
 __all__ = ["write_report_files", "write_report_into"]
 
@@ -25,7 +26,10 @@ def write_report_files(report: Any, out_dir: str | Path, *, overwrite: bool = Fa
 
 
 def write_report_into(report: Any, directory: Path) -> None:
-    """Write the three report files into an existing (usually temporary) directory."""
+    """Write the three report files into an existing (usually temporary) directory, plus
+    ``search_<step>.png`` for each evolutionary search step."""
     (directory / "report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str), encoding="utf-8")
     (directory / "report.md").write_text(report.to_markdown(), encoding="utf-8")
     render_plot(report, directory / "report.png")
+    for name, note in search_plot_names(report):  # a search step: its allocation and fitness curve
+        render_search_plot(note, directory / name)
