@@ -22,13 +22,13 @@ def quantize_awq(model: nn.Module, cfg: AWQConfig, ctx: RunContext) -> nn.Module
     per_batch = max(1, cfg.n_tokens // len(calib))
     alphas: list[float] = []
 
-    def make_layer(_name: str, linear: nn.Linear, st: ActivationStats) -> WeightOnlyLinear:
+    def make_layer(_name: str, linear: nn.Linear, st: ActivationStats, bits: int) -> WeightOnlyLinear:
         st.keep = cfg.n_tokens
-        inv, codes, alpha = awq_search(linear.weight, st.sample(), st.mean_abs(), cfg.bits, cfg.group_size,
+        inv, codes, alpha = awq_search(linear.weight, st.sample(), st.mean_abs(), bits, cfg.group_size,
                                        cfg.symmetric, cfg.grid, cfg.clip_search)
         alphas.append(alpha)
         with torch.no_grad():
-            return WeightOnlyLinear.from_weight(linear.weight, linear.bias, cfg.bits, cfg.group_size,
+            return WeightOnlyLinear.from_weight(linear.weight, linear.bias, bits, cfg.group_size,
                                                 cfg.symmetric, cfg.runtime, input_scale=inv, codes=codes)
 
     done = calibrate_and_quantize(model, cfg, ctx, "quantize:awq",

@@ -19,11 +19,11 @@ __all__ = ["quantize_gptq"]
 def quantize_gptq(model: nn.Module, cfg: GPTQConfig, ctx: RunContext) -> nn.Module:
     """GPTQ every selected Linear, one decoder block at a time (inputs from the already-quantized prefix)."""
 
-    def make_layer(_name: str, linear: nn.Linear, hess: HessianAccumulator) -> WeightOnlyLinear:
-        codes = gptq_quantize(linear.weight, hess.hessian(), cfg.bits, cfg.group_size, cfg.symmetric,
+    def make_layer(_name: str, linear: nn.Linear, hess: HessianAccumulator, bits: int) -> WeightOnlyLinear:
+        codes = gptq_quantize(linear.weight, hess.hessian(), bits, cfg.group_size, cfg.symmetric,
                               cfg.damp, cfg.act_order, cfg.block_size, cfg.clip_search)
         with torch.no_grad():
-            return WeightOnlyLinear.from_weight(linear.weight, linear.bias, cfg.bits, cfg.group_size,
+            return WeightOnlyLinear.from_weight(linear.weight, linear.bias, bits, cfg.group_size,
                                                 cfg.symmetric, cfg.runtime, codes=codes)
 
     done = calibrate_and_quantize(model, cfg, ctx, "quantize:gptq",

@@ -19,13 +19,14 @@ from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, UnsupportedModelError
 from slimkit.core.heads import embedding_names, names_explicitly, output_head_names
 from slimkit.core.layer_notes import layer_summary
+from slimkit.core.per_layer import resolve_and_note
 from slimkit.core.swap import custom_forward
 from slimkit.core.select import matching_names, select_modules
 from slimkit.core.swap import install_layer
 from slimkit.quantize.weight_only.config import WeightOnlyConfig
 from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLinear
 
-__all__ = ["select_linears", "install", "quantize_heads", "head_name", "head_and_embedding_names",
+__all__ = ["select_linears", "layer_bits", "install", "quantize_heads", "head_name", "head_and_embedding_names",
            "reset_peak_rss", "peak_rss_mb", "finish_notes"]
 
 _UNSUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -73,6 +74,12 @@ def select_linears(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext, ste
         elif name not in heads:
             chosen.append((name, layer))
     return chosen
+
+
+def layer_bits(cfg: WeightOnlyConfig, layers: list[tuple[str, nn.Module]], ctx: RunContext) -> dict[str, int]:
+    """The bit width of every selected Linear: ``bits`` (one number, or a per-layer map resolved by
+    :func:`slimkit.core.per_layer.resolve_per_layer`)."""
+    return {n: int(b) for n, b in resolve_and_note("quantize.bits", cfg.bits, [n for n, _ in layers], ctx).items()}
 
 
 def _check_unsupported(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext, step: str) -> None:

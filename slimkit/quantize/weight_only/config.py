@@ -5,6 +5,7 @@ import dataclasses
 
 from slimkit.core.config import StepConfig, check_bool, check_choice, check_int, check_str_list
 from slimkit.core.errors import ConfigError
+from slimkit.core.per_layer import PerLayer, check_per_layer, is_per_layer
 
 __all__ = ["WeightOnlyConfig", "RUNTIMES"]
 
@@ -28,10 +29,19 @@ class WeightOnlyConfig(StepConfig):
     ``clip_search``: 0 fits each group to its min/max; ``n`` > 0 also tries ``n`` shrunk ranges
     (down to half) and keeps the one with the least rounding error, weighted by each input's
     calibration energy where the method has it (GPTQ, AWQ).
+
+    ``bits`` may be a per-layer map ``{rule: bits}`` over the quantized Linears (module names or
+    ``re:`` regexes, first match wins, every layer matched, every rule used;
+    :mod:`slimkit.core.per_layer`); ``group_size`` stays one value, the head and embeddings keep
+    ``head_bits`` (which must then be a number):
+
+    ```yaml
+    - quantize: {method: gptq, bits: {"re:.*\\.mlp\\.down_proj": 8, "model.layers.0": 4, "re:.*": 3}, group_size: 64}
+    ```
     """
 
     method: str = ""
-    bits: int = 4
+    bits: PerLayer = 4
     group_size: int | None = 128
     symmetric: bool = False
     targets: list[str] | None = None
@@ -43,7 +53,7 @@ class WeightOnlyConfig(StepConfig):
     clip_search: int = 0
 
     def validate(self) -> None:
-        check_int("bits", self.bits, 2, 8)
+        check_per_layer("bits", self.bits, lambda name, v: check_int(name, v, 2, 8))
         if self.group_size is not None:
             check_int("group_size", self.group_size, 1, None)
         check_bool("symmetric", self.symmetric)
@@ -56,6 +66,9 @@ class WeightOnlyConfig(StepConfig):
                 raise ConfigError(f"{name} must be true, false or null (automatic), got {value!r}")
         if self.head_bits is not None:
             check_int("head_bits", self.head_bits, 2, 8)
+        elif is_per_layer(self.bits):
+            raise ConfigError("head_bits = null means 'the same as bits', which a per-layer bits map does not give; "
+                              "give head_bits in [2, 8] (default 8)")
         check_choice("runtime", self.runtime, RUNTIMES)
         check_int("clip_search", self.clip_search, 0, 100)
 

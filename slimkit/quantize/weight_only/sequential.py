@@ -16,7 +16,7 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.sequential import run_blocks
-from slimkit.quantize.weight_only.apply import install, quantize_heads, select_linears
+from slimkit.quantize.weight_only.apply import install, layer_bits, quantize_heads, select_linears
 from slimkit.quantize.weight_only.config import WeightOnlyConfig
 
 __all__ = ["run_blocks", "block_layers", "StatsHook", "calibrate_and_quantize"]
@@ -54,8 +54,9 @@ class StatsHook:
 
 def calibrate_and_quantize(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext, step: str,
                            make_stats: Callable[[str, nn.Linear], Any],
-                           make_layer: Callable[[str, nn.Linear, Any], nn.Module]) -> int:
-    """Replace every selected Linear, one block at a time, by ``make_layer(name, linear, stats)``.
+                           make_layer: Callable[[str, nn.Linear, Any, int], nn.Module]) -> int:
+    """Replace every selected Linear, one block at a time, by ``make_layer(name, linear, stats, bits)``
+    (``bits``: the layer's width from ``cfg.bits``, a number or a per-layer map).
 
     ``make_stats(name, linear)`` builds an accumulator with ``add(x2d)``, fed the layer's inputs
     while the block runs on the outputs of the already-quantized prefix. Linears outside the
@@ -63,7 +64,8 @@ def calibrate_and_quantize(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunCont
     many layers were replaced.
     """
     calib = ctx.require("calib", step)
-    chosen = dict(select_linears(model, cfg, ctx, "quantize"))
+    layers = select_linears(model, cfg, ctx, "quantize")
+    chosen, bits = dict(layers), layer_bits(cfg, layers, ctx)
     done: list[str] = []
 
     def visit(block_name: str, block: nn.Module, replay: Callable[[], None]) -> None:
@@ -74,7 +76,7 @@ def calibrate_and_quantize(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunCont
         with StatsHook(local, lambda n, x: stats[n].add(x)):
             replay()
         for name, linear in local.items():
-            install(model, name, make_layer(name, linear, stats.pop(name)))
+            install(model, name, make_layer(name, linear, stats.pop(name), bits[name]))
             done.append(name)
 
     run_blocks(model, calib, visit, ctx.progress)
