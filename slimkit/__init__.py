@@ -22,6 +22,7 @@ from slimkit.export import export
 from slimkit import measure
 from slimkit.measure import Accuracy, Agreement, CosineFidelity, Perplexity, TopKAgreement, as_evaluator
 from slimkit.report import Report
+from slimkit.search.recipes import SearchResult, search
 
 __all__ = [
     "__version__",
@@ -37,6 +38,8 @@ __all__ = [
     "zoo",
     "data",
     "Report",
+    "search",
+    "SearchResult",
     "Perplexity",
     "Accuracy",
     "CosineFidelity",
