@@ -133,7 +133,7 @@ def load_spaces() -> None:
     global _loaded
     if _loaded:
         return
-    import slimkit.search as package
+    package = importlib.import_module("slimkit.search")  # not `import ... as`: sk.search (a function) shadows it
 
     for info in pkgutil.iter_modules(package.__path__):
         if not info.ispkg and info.name.endswith("_levels"):
