@@ -30,6 +30,10 @@ def run_compress(args: argparse.Namespace) -> int:
     from slimkit.cli.models import load_model_ref, parse_model_ref
     from slimkit.io.outputs import check_replaceable
 
+    if getattr(args, "stream", False):
+        from slimkit.stream.cli import run_compress_stream
+
+        return run_compress_stream(args)
     recipe = sk.Recipe.from_yaml(args.recipe)  # validated before the model is loaded
     ref = parse_model_ref(args.model)
     out = Path(args.out).resolve()

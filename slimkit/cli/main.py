@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_inspect(sub)
     _add_zoo(sub)
+    from slimkit.cli.search import add_search_parser
+
+    add_search_parser(sub, _add_data_options)
     return parser
 
 
@@ -71,6 +74,9 @@ def _add_compress(sub: Any) -> None:
                    help="data-parallel training processes for distill/finetune steps (torchrun: gloo on CPU, nccl on GPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--stream", action="store_true", help="a Hugging Face causal LM directory compressed block by block "
+                   "from its safetensors shards, never loaded whole (models larger than RAM; see sk.compress_stream)")
+    p.add_argument("--resume", action="store_true", help="with --stream: continue a killed run from its last finished block")
 
 
 def _add_eval(sub: Any) -> None:
@@ -153,8 +159,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     from slimkit.cli import commands
 
     handler = {"demo": commands.run_demo, "compress": commands.run_compress, "eval": commands.run_eval,
-               "export": commands.run_export, "inspect": commands.run_inspect, "zoo": commands.run_zoo}[args.command]
+               "export": commands.run_export, "inspect": commands.run_inspect, "zoo": commands.run_zoo,
+               "search": _run_search}[args.command]
     return handler(args)
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from slimkit.cli.search import run_search
+
+    return run_search(args)
 
 
 def print_json(data: Any) -> None:

@@ -55,6 +55,8 @@ class StreamOutput:
             self._resume()
         else:
             self._fresh()
+        #: the block a resumed run started at (None for a fresh run)
+        self.resumed_at = self.done if resume and self.done else None
 
     # ------------------------------------------------------------------ setup
     def _fresh(self) -> None:

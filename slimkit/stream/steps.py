@@ -69,6 +69,8 @@ def plan_steps(recipe: Recipe, n_calib: int, show_progress: bool) -> list[Stream
                               "one quantize step, last")
         if step.name == "quantize":
             quantized = label
+        if step.name == "quantize" and step.method != "dynamic_int8" and not isinstance(step.config.bits, int):
+            raise ConfigError(f"{label}: bits = {step.config.bits!r}; streaming takes one bit width for every layer")
         ctx = RunContext(show_progress=show_progress)
         steps.append(_BUILDERS[step.method](label, step.config, ctx, n_calib))
     return steps
