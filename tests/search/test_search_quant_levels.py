@@ -3,7 +3,7 @@ exact budget after search, apply/restore, replay of the found step, target avera
 spill, and a search that beats uniform bits on a model with one fragile layer."""
 from __future__ import annotations
 
-import copy
+import os
 
 import numpy as np
 import pytest
@@ -156,7 +156,6 @@ def test_target_avg_bits_and_disk_spill() -> None:
     d = disk.store.dir.name
     disk.close()
     disk.close()
-    import os
     assert not os.path.exists(d)
     with pytest.raises(ConfigError, match="target_avg_bits = 1.5"):
         build(model, {"method": "rtn", "bits": 4, "group_size": 32}, target_avg_bits=1.5)
