@@ -7,6 +7,7 @@ from slimkit.core.context import RunContext
 from slimkit.core.heads import drop_protected
 from slimkit.core.select import select_modules
 from slimkit.prune.layer_report import note_weight_sparsity
+from slimkit.prune.owl.api import note_owl, owl_allocation
 from slimkit.prune.pattern import check_nm_width, parse_pattern
 from slimkit.prune.sparsity import layer_sparsities
 from slimkit.prune.wanda.config import CalibratedPruneConfig
@@ -31,8 +32,6 @@ def planned_sparsities(model: nn.Module, cfg: CalibratedPruneConfig, layers: lis
     ``allocation: uniform``; OWL's outlier-weighted allocation (:mod:`slimkit.prune.owl`) for
     ``allocation: owl``, which needs a dense calibration pass first and notes what it found."""
     if cfg.allocation == "owl":
-        from slimkit.prune.owl.api import owl_allocation, note_owl
-
         allocation = owl_allocation(model, cfg, layers, ctx.require("calib", "prune"), ctx.progress)
         note_owl(allocation, ctx)
         return allocation.per_layer

@@ -22,7 +22,7 @@ from slimkit.core.context import RunContext
 from slimkit.core.inputs import call_model
 from slimkit.core.sequential import no_cache, run_blocks
 
-__all__ = ["LayerStats", "calibrate_and_prune"]
+__all__ = ["LayerStats", "calibrate_and_prune", "collect_stats"]
 
 
 class LayerStats(Protocol):
@@ -31,7 +31,7 @@ class LayerStats(Protocol):
     def add(self, module: nn.Module, inputs: torch.Tensor, output: torch.Tensor) -> None: ...
 
 
-def _with_hooks(layers: dict[str, nn.Module], make_stats: Callable[[str, nn.Module], LayerStats],
+def collect_stats(layers: dict[str, nn.Module], make_stats: Callable[[str, nn.Module], LayerStats],
                 run: Callable[[], None]) -> dict[str, LayerStats]:
     """Run ``run()`` with forward hooks feeding a fresh stats object per layer."""
     stats = {name: make_stats(name, m) for name, m in layers.items()}
@@ -68,7 +68,7 @@ def calibrate_and_prune(
         mine = {n: m for n, m in pending.items() if n.startswith(prefix)}
         if not mine:
             return
-        stats = _with_hooks(mine, make_stats, replay)
+        stats = collect_stats(mine, make_stats, replay)
         for name, module in mine.items():
             prune_layer(name, module, stats.pop(name))
             del pending[name]
