@@ -117,7 +117,8 @@ def resolve_per_layer(field: str, value: V | Mapping[str, V], names: Sequence[st
         out[name] = value[rule]
     for rule in rules:
         if not any(rule_covers(rule, n, field) for n in names):
-            raise ConfigError(f"{field}: rule {rule!r} matches no selected layer (selected: {_names_hint(list(names))}); "
+            raise ConfigError(f"{field}: rule {rule!r} matches no selected layer "
+                              f"(selected: {_names_hint(list(names))}); "
                               "rules are module names or 're:' regexes over the layers the step selects")
     return out
 

@@ -65,7 +65,8 @@ class DropLayersConfig(StepConfig):
             check_int("blocks[]", i, 0)
         repeated = sorted({i for i in self.blocks if self.blocks.count(i) > 1})
         if repeated:
-            raise ConfigError(f"blocks = {self.blocks!r} lists block(s) {repeated} more than once; give distinct indices")
+            raise ConfigError(f"blocks = {self.blocks!r} lists block(s) {repeated} more than once; "
+                              "give distinct indices")
 
     def count(self, n_blocks: int) -> int:
         """How many blocks to drop out of ``n_blocks``."""
