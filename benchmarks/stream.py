@@ -183,7 +183,11 @@ def main() -> None:
     ap.add_argument("--rtn-layers", type=int, default=32, help="blocks of the synthetic 7B that RTN streams")
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "slimkit-bench"))
     ap.add_argument("--work", default="/tmp/slimkit-stream-bench")
+    ap.add_argument("--doc-only", action="store_true", help="rewrite the doc from --work's results.json")
     args = ap.parse_args()
+    if args.doc_only:
+        write_doc(json.loads((Path(args.work) / "results.json").read_text()))
+        return
     if args.child:
         args.mode = args.child
         child(args)
@@ -233,16 +237,20 @@ def write_doc(results: dict) -> None:
     if any(k.startswith("smollm2") for k in results):
         lines += ["## (b) SmolLM2-135M: streamed vs loaded whole (int4 g64, 8 x 256 Shakespeare tokens)", "",
                   "| method | tensors bit-identical | whole peak RSS MB | stream peak RSS MB | ratio | target <= 0.3 | "
-                  "whole s | stream s |", "|---|---|---|---|---|---|---|---|"]
+                  "ratio over import baseline | whole s | stream s |", "|---|---|---|---|---|---|---|---|---|"]
         for method in ("rtn", "gptq"):
             r = results.get(f"smollm2-{method}")
             if r:
                 ratio = r["stream"]["peak_rss_mb"] / r["whole"]["peak_rss_mb"]
+                grown = ((r["stream"]["peak_rss_mb"] - r["stream"]["baseline_rss_mb"])
+                         / (r["whole"]["peak_rss_mb"] - r["whole"]["baseline_rss_mb"]))
                 n, same = r["compared"]
                 lines.append(f"| {method} | {same}/{n} | {r['whole']['peak_rss_mb']} | {r['stream']['peak_rss_mb']} | "
-                             f"{ratio:.2f} | {'met' if ratio <= 0.3 else 'MISSED'} | {r['whole']['seconds']} | "
+                             f"{ratio:.2f} | {'met' if ratio <= 0.3 else 'MISSED'} | {grown:.2f} | {r['whole']['seconds']} | "
                              f"{r['stream']['seconds']} |")
-        lines.append("")
+        lines += ["", "`ratio over import baseline`: (peak - RSS after imports) of the streamed run over the same for the "
+                  "whole-model run; the child's imports (torch, transformers, slimkit, tokenizer, data) alone hold "
+                  "the `baseline_rss_mb` below, which no streaming can go under.", ""]
     lines += ["Raw numbers (`results.json` of the run):", "", "```json", json.dumps(results, indent=1), "```", ""]
     DOC.write_text("\n".join(lines))
     print("\n".join(lines))

@@ -28,6 +28,8 @@ def test_cli_stream_round_trip(tiny_llama_dir: Path, tmp_path: Path, capsys) -> 
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
     model = sk.load(out, lazy=True)
     assert type(model.model.layers[0].mlp.down_proj).__name__ == "WeightOnlyLinear"
+    exported = sk.export(out, tmp_path / "hf", format="hf")  # the export formats accept a streamed checkpoint
+    assert (exported / "config.json").is_file() and any(exported.glob("*.safetensors"))
 
 
 def test_cli_stream_refuses_bad_inputs(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
