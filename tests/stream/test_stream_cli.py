@@ -18,7 +18,7 @@ def recipe_file(tmp: Path, steps: list) -> Path:
 
 
 def test_cli_stream_round_trip(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
-    steps = [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32}}]
+    steps = [{"quantize": {"method": "rtn", "bits": 4, "group_size": 32, "symmetric": True}}]
     out = tmp_path / "cli-out"
     assert main(["compress", "--model", str(tiny_llama_dir), "--recipe", str(recipe_file(tmp_path, steps)),
                  "--out", str(out), "--stream", "--no-progress"]) == 0
