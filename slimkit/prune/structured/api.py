@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 import torch
@@ -15,11 +16,14 @@ from slimkit.core.inputs import call_model, run_with_hooks
 from slimkit.core.provenance import record_edit
 from slimkit.core.registry import register
 from slimkit.core.select import matching_names
+from slimkit.measure.latency_table import build_latency_table
 from slimkit.measure.macs import count_macs
 from slimkit.prune.importance import OutputNormStats
 from slimkit.prune.structured import edits as _edits  # noqa: F401  (registers the replay op)
 from slimkit.prune.structured.config import StructuredPruneConfig
-from slimkit.prune.structured.core import build_graph, candidate_groups, group_ratios, prune_group, units_to_prune
+from slimkit.prune.structured.core import (build_graph, candidate_groups, group_ratios, lowest_units, prune_group,
+                                           units_to_prune)
+from slimkit.prune.structured.latency import allocate_latency, channel_groups
 from slimkit.prune.structured.heads import (find_attentions, head_scores, heads_for_ratio, heads_from_map,
                                             remove_heads, unsupported_attentions)
 from slimkit.prune.structured.width import apply_width, find_width_group, width_scores
@@ -183,8 +187,9 @@ def _accumulate_grads(model: nn.Module, batches: list[Any]) -> None:
 
 
 def _prune_model(model: nn.Module, cfg: StructuredPruneConfig, ratio: float, scores: Scores,
-                 example: Any, record: bool) -> int:
-    """Prune every candidate group of ``model`` to ``ratio``; returns the units removed."""
+                 example: Any, record: bool, keep: dict[str, int] | None = None) -> int:
+    """Prune every candidate group of ``model`` to ``ratio`` (or to ``keep`` units per group root,
+    from latency allocation); returns the units removed."""
     if cfg.granularity == "head":
         return _prune_heads(model, cfg, ratio, scores, record)
     if cfg.granularity == "layer_width":
@@ -195,7 +200,8 @@ def _prune_model(model: nn.Module, cfg: StructuredPruneConfig, ratio: float, sco
     ratios = group_ratios(scores, [names[r] for r, _, _ in cands], ratio, cfg.allocation)
     removed = 0
     for root, fn, _ in cands:
-        idxs = units_to_prune(scores[names[root]], ratios[names[root]], cfg.round_to)
+        g = names[root]
+        idxs = lowest_units(scores[g], keep[g]) if keep is not None else units_to_prune(scores[g], ratios[g], cfg.round_to)
         if not idxs:
             continue
         slices = prune_group(DG, root, fn, idxs, names)
@@ -220,6 +226,27 @@ def _ratio_for_macs(model: nn.Module, cfg: StructuredPruneConfig, scores: Scores
     return hi
 
 
+def _latency_widths(model: nn.Module, cfg: StructuredPruneConfig, scores: Scores, example: Any,
+                    ctx: RunContext) -> dict[str, int]:
+    """Kept units per group from the latency table (built or read from the cache) and the greedy cut."""
+    DG = build_graph(model, example)
+    groups = channel_groups(model, DG, candidate_groups(model, DG, cfg.granularity, _ignored(model, cfg)))
+    start = time.perf_counter()
+    table = build_latency_table(model, example, groups, round_to=cfg.round_to, runtime=cfg.latency_runtime,
+                                threads=cfg.latency_threads)
+    alloc = allocate_latency(table, scores, float(cfg.target_latency or 0.0), cfg.round_to)
+    measured = sum(t.measured for t in table.layers)
+    ctx.note("latency_table", {"layers": len(table.layers), "measured": measured, "from_cache": len(table.layers) - measured,
+                               "seconds": round(time.perf_counter() - start, 1), "runtime": table.runtime,
+                               "threads": table.threads, "dense_predicted_ms": round(table.predict({}), 3)})
+    ctx.note("latency_predicted_ratio", round(alloc.predicted_ratio, 4))
+    ctx.note("kept_widths", {g: [w, table.full[g]] for g, w in alloc.widths.items()})
+    if not alloc.reached:
+        ctx.note("target_latency_missed", f"no further {cfg.granularity} cut saves time in the latency table: predicted "
+                                          f"{alloc.predicted_ratio:.3f} of dense, above target_latency {cfg.target_latency}")
+    return alloc.widths
+
+
 def _note_head_policy(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunContext) -> None:
     """Say what happened to the output head / embeddings (``layer_width`` resizes them by design)."""
     if cfg.granularity == "layer_width":
@@ -239,17 +266,19 @@ def prune_structured(model: nn.Module, cfg: StructuredPruneConfig, ctx: RunConte
     model.eval()
     dense_macs = count_macs(model, example)
     scores = _group_scores(model, cfg, ctx, example)
+    keep = _latency_widths(model, cfg, scores, example, ctx) if cfg.allocation == "latency" else None
     if cfg.target_macs is not None:
         ratio = _ratio_for_macs(model, cfg, scores, example, dense_macs)
     else:
-        ratio = cfg.sparsity if cfg.sparsity is not None else 0.0  # 0.0: explicit heads map
-    removed = _prune_model(model, cfg, ratio, scores, example, record=True)
+        ratio = cfg.sparsity if cfg.sparsity is not None else 0.0  # 0.0: explicit heads map / latency widths
+    removed = _prune_model(model, cfg, ratio, scores, example, record=True, keep=keep)
     _note_head_policy(model, cfg, ctx)
     ctx.note("groups", 1 if cfg.granularity == "layer_width" else len(scores))
     if cfg.granularity == "head":
         atts = find_attentions(model)
         ctx.note("heads_kept", {p: atts[p].n_q for p in scores})
-    ctx.note("group_ratio" if cfg.allocation == "uniform" else "global_cut", round(ratio, 4))
+    if cfg.allocation != "latency":
+        ctx.note("group_ratio" if cfg.allocation == "uniform" else "global_cut", round(ratio, 4))
     if cfg.allocation == "global":
         ctx.note("group_ratios", {g: round(r, 4) for g, r in group_ratios(scores, list(scores), ratio, "global").items()})
     ctx.note("units_removed", removed)

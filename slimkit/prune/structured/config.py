@@ -5,11 +5,12 @@ import dataclasses
 
 from slimkit.core.config import StepConfig, check_choice, check_int, check_range, check_str_list
 from slimkit.core.errors import ConfigError
+from slimkit.measure.latency_table import RUNTIMES as LATENCY_RUNTIMES
 
-__all__ = ["StructuredPruneConfig", "GRANULARITIES", "IMPORTANCES", "GQA_UNITS", "ALLOCATIONS"]
+__all__ = ["StructuredPruneConfig", "GRANULARITIES", "IMPORTANCES", "GQA_UNITS", "ALLOCATIONS", "LATENCY_RUNTIMES"]
 
 GRANULARITIES = ("channel", "neuron", "head", "layer_width")
-ALLOCATIONS = ("uniform", "global")
+ALLOCATIONS = ("uniform", "global", "latency")
 IMPORTANCES = ("magnitude", "activation", "taylor")
 GQA_UNITS = ("query", "group")
 
@@ -25,6 +26,7 @@ class StructuredPruneConfig(StepConfig):
     - prune: {method: structured, granularity: head, sparsity: 0.5, importance: activation}
     - prune: {method: structured, granularity: head, heads: {"encoder.layer.0.attention": [0, 3]}}
     - prune: {method: structured, granularity: layer_width, target_macs: 0.8, round_to: 8}
+    - prune: {method: structured, granularity: channel, allocation: latency, target_latency: 0.55, round_to: 8}
     ```
     ``granularity``: ``channel`` (conv filters; BatchNorm, depthwise/grouped convs and residual adds
     follow through Torch-Pruning's dependency graph), ``neuron`` (hidden units of transformer
@@ -51,7 +53,12 @@ class StructuredPruneConfig(StepConfig):
     ``allocation`` (channel / neuron): ``uniform`` removes the same fraction from every group;
     ``global`` ranks every unit of every group together by its score divided by its group's mean
     score, so each layer gets its own ratio (at most 90 % removed per group), and the global cut is
-    bisected to hit ``target_macs``.
+    bisected to hit ``target_macs``. ``latency`` (with ``target_latency``, the fraction of the dense
+    model's latency to keep as predicted by a per-layer latency table measured on this machine, see
+    :mod:`slimkit.measure.latency_table` and :mod:`slimkit.prune.structured.latency`) removes
+    ``round_to`` chunks greedily where the least importance is lost per millisecond saved, at most
+    75 % of any group; ``latency_runtime`` (``torch-eager``) and ``latency_threads`` (default:
+    torch's thread count) say how the table is timed (cached in ``$SLIMKIT_CACHE/latency``).
     Two steps compose: ``head`` with ``target_macs: 0.8`` then ``neuron`` with ``target_macs:
     0.625`` keeps ~0.5 of the MACs (each step's target is relative to its own input).
     """
@@ -65,6 +72,9 @@ class StructuredPruneConfig(StepConfig):
     round_to: int = 1
     gqa: str = "query"
     allocation: str = "uniform"
+    target_latency: float | None = None
+    latency_runtime: str = "torch-eager"
+    latency_threads: int | None = None
     targets: list[str] | None = None
     ignore: list[str] = dataclasses.field(default_factory=list)
 
@@ -75,10 +85,12 @@ class StructuredPruneConfig(StepConfig):
         check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.allocation == "global" and self.granularity not in ("channel", "neuron"):
             raise ConfigError(f"allocation = 'global' works with granularity channel or neuron, not {self.granularity!r}")
-        given = [n for n in ("sparsity", "target_macs", "heads") if getattr(self, n) is not None]
+        self._validate_latency()
+        given = [n for n in ("sparsity", "target_macs", "heads", "target_latency") if getattr(self, n) is not None]
         if len(given) != 1:
             raise ConfigError("give exactly one of sparsity (fraction of units removed), target_macs (fraction of MACs "
-                              f"kept) or heads (explicit map, granularity head); got {given or 'none'}")
+                              "kept), heads (explicit map, granularity head) or target_latency (allocation latency); "
+                              f"got {given or 'none'}")
         if self.sparsity is not None:
             check_range("sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
         if self.target_macs is not None:
@@ -89,6 +101,23 @@ class StructuredPruneConfig(StepConfig):
         if self.targets is not None:
             check_str_list("targets", self.targets)
         check_str_list("ignore", self.ignore)
+
+
+    def _validate_latency(self) -> None:
+        """``allocation: latency`` and ``target_latency`` go together (channel / neuron only)."""
+        check_choice("latency_runtime", self.latency_runtime, LATENCY_RUNTIMES)
+        if self.latency_threads is not None:
+            check_int("latency_threads", self.latency_threads, 1, 1024)
+        if self.allocation == "latency":
+            if self.granularity not in ("channel", "neuron"):
+                raise ConfigError(f"allocation = 'latency' works with granularity channel or neuron, not {self.granularity!r}")
+            if self.target_latency is None:
+                raise ConfigError("allocation = 'latency' needs target_latency (fraction of the dense latency to keep, "
+                                  "in (0, 1))")
+            check_range("target_latency", self.target_latency, 0.0, 1.0, lo_open=True, hi_open=True)
+        elif self.target_latency is not None:
+            raise ConfigError(f"target_latency = {self.target_latency!r} needs allocation = 'latency', "
+                              f"not {self.allocation!r}")
 
 
 def _check_heads_map(heads: object, granularity: str) -> None:

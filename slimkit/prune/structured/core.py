@@ -18,7 +18,8 @@ from torch import nn
 from slimkit.core.inputs import call_model, output_tensor
 from slimkit.core.sequential import no_cache
 
-__all__ = ["build_graph", "candidate_groups", "units_to_prune", "group_ratios", "prune_group", "group_modules"]
+__all__ = ["build_graph", "candidate_groups", "units_to_prune", "lowest_units", "group_ratios", "prune_group",
+           "group_modules"]
 
 _ATTENTION_WORDS = ("attn", "attention")
 
@@ -90,6 +91,15 @@ def units_to_prune(scores: torch.Tensor, ratio: float, round_to: int) -> list[in
     keep = int(round(n * (1.0 - ratio)))
     if round_to > 1:
         keep = max(round_to, round_to * int(round(keep / round_to)))
+    keep = min(max(keep, 1), n)
+    if keep == n:
+        return []
+    return sorted(torch.topk(scores.float(), n - keep, largest=False).indices.tolist())
+
+
+def lowest_units(scores: torch.Tensor, keep: int) -> list[int]:
+    """Indices of the ``numel - keep`` lowest scores (the units to remove so that ``keep`` stay)."""
+    n = scores.numel()
     keep = min(max(keep, 1), n)
     if keep == n:
         return []
