@@ -99,14 +99,15 @@ class LayerTable:
     measured: bool = False  # False: every time came from the cache
     scale: float = 1.0  # in-model / isolated time at full width (already applied to ``ms``)
     key: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)  # the cache key of the raw times
+    in_factor: int = 1  # layer units per group unit (a Linear reading a flattened C x H x W map: H * W)
+    out_factor: int = 1
 
     def at(self, widths: Mapping[str, int]) -> float:
         """Interpolated milliseconds at the groups' current widths (full width where absent)."""
+        wi = widths[self.in_group] * self.in_factor if self.in_group in widths else self.in_widths[-1]
+        wo = widths[self.out_group] * self.out_factor if self.out_group in widths else self.out_widths[-1]
         if self.depthwise:
-            w = widths.get(self.out_group, self.out_widths[-1]) if self.out_group else self.out_widths[-1]
-            return _interp1(self.out_widths, [self.ms[i][i] for i in range(len(self.out_widths))], w)
-        wi = widths.get(self.in_group, self.in_widths[-1]) if self.in_group else self.in_widths[-1]
-        wo = widths.get(self.out_group, self.out_widths[-1]) if self.out_group else self.out_widths[-1]
+            return _interp1(self.out_widths, [self.ms[i][i] for i in range(len(self.out_widths))], wo)
         rows = [_interp1(self.out_widths, row, wo) for row in self.ms]
         return _interp1(self.in_widths, rows, wi)
 
@@ -147,7 +148,8 @@ class LatencyTable:
 
     def min_width(self, group: str) -> int:
         """The narrowest width of ``group`` the table measured (predictions below it are extrapolated)."""
-        return min(min(t.out_widths if t.out_group == group else t.in_widths) for t in self.layers_of(group))
+        return min(t.out_widths[0] // t.out_factor if t.out_group == group else t.in_widths[0] // t.in_factor
+                   for t in self.layers_of(group))
 
     def rows(self) -> list[dict[str, Any]]:
         """One plain record per layer (path, groups, grids, full-width ms) for reports."""
@@ -190,7 +192,7 @@ def build_latency_table(
     warmup: int = 2,
     cache: Path | str | None = None,
     time_fn: TimeFn | None = None,
-    calibrate: bool = True,
+    calibrate: bool = False,
 ) -> LatencyTable:
     """Time every Conv / Linear that ``model`` runs on ``example_inputs`` at the width grid of its groups.
 
@@ -205,7 +207,9 @@ def build_latency_table(
     freshly allocated activation, the previous layer's output is not in cache, ...), most on large
     feature maps. The dense model is run ``runs`` times with hooks timing each layer (with its
     followers) in place; each layer's curve is scaled by in-model / isolated time at full width,
-    and the time outside every timed layer becomes ``other_ms``. Cached like the layers.
+    and the time outside every timed layer becomes ``other_ms``. Cached like the layers. Off by
+    default: on MobileNetV2 (1 thread, shared CPU) it did not predict whole-model ratios of random
+    widths better than the isolated times (docs/benchmarks/latency_allocation.md).
     """
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ConfigError(f"runs = {runs!r}: must be an integer >= 1")
@@ -254,14 +258,18 @@ def _sides(model: nn.Module, groups: Mapping[str, Sequence[tuple[str, str]]]) ->
 
 def _full_widths(model: nn.Module, groups: Mapping[str, Sequence[tuple[str, str]]],
                  sides: dict[str, dict[str, str]]) -> dict[str, int]:
-    """Each group's full width, read from its members (they must agree)."""
+    """Each group's full width: its narrowest member side (a wider one must be a whole multiple, e.g.
+    a Linear reading the group's channels flattened over H x W)."""
     full: dict[str, int] = {}
     for path, by_side in sides.items():
-        module = model.get_submodule(path)
         for side, g in by_side.items():
-            n = _width(module, side)
-            if full.setdefault(g, n) != n:
-                raise UnsupportedModelError(f"group {g!r}: {path} has {n} {side}put units, another member {full[g]}")
+            full[g] = min(full.get(g, 1 << 62), _width(model.get_submodule(path), side))
+    for path, by_side in sides.items():
+        for side, g in by_side.items():
+            n = _width(model.get_submodule(path), side)
+            if n % full[g]:
+                raise UnsupportedModelError(f"group {g!r}: {path} has {n} {side}put units, not a multiple of the "
+                                            f"group's {full[g]}")
     missing = sorted(set(groups) - set(full))
     if missing:
         raise UnsupportedModelError(f"group(s) {missing} drive no Conv / Linear layer: nothing to time")
@@ -327,8 +335,10 @@ def _layer_table(model: nn.Module, path: str, module: nn.Module, shape: tuple[in
         out_g = out_g or in_g
         in_g = out_g
     n_in, n_out = _width(module, "in"), _width(module, "out")
-    in_w = width_grid(n_in, ratios, round_to) if in_g else [n_in]
-    out_w = width_grid(n_out, ratios, round_to) if out_g else [n_out]
+    f_in = n_in // full[in_g] if in_g else 1
+    f_out = n_out // full[out_g] if out_g else 1
+    in_w = [w * f_in for w in width_grid(full[in_g], ratios, round_to)] if in_g else [n_in]
+    out_w = [w * f_out for w in width_grid(full[out_g], ratios, round_to)] if out_g else [n_out]
     followers = _followers(model, path, n_out)
     key = _key(module, shape, followers, model, depthwise, in_w, out_w, runtime, threads)
     key["runs"] = timing.runs
@@ -337,7 +347,8 @@ def _layer_table(model: nn.Module, path: str, module: nn.Module, shape: tuple[in
     if raw is None:
         raw = _measure(module, [model.get_submodule(f) for f in followers], shape, depthwise, in_w, out_w, timing)
         _write_cache(root, key, raw)
-    return LayerTable(path, followers, in_g, out_g, depthwise, in_w, out_w, _monotone(raw), measured, key=key)
+    return LayerTable(path, followers, in_g, out_g, depthwise, in_w, out_w, _monotone(raw), measured, key=key,
+                      in_factor=f_in, out_factor=f_out)
 
 
 def _calibrate(model: nn.Module, example_inputs: ModelInputs, table: LatencyTable, timing: _Timing, root: Path) -> None:
