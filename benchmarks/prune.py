@@ -15,7 +15,9 @@ Run: ``.venv/bin/python benchmarks/prune.py`` → prints Markdown tables and wri
   MiniLM with ``num_heads`` / ``prune_num_heads``) at the same ratios as the peer.
 
 Parts run alone: ``--parts llm``, ``--parts mobilenet-v2``, ``--parts minilm`` (``--out`` to write
-elsewhere than ``docs/benchmarks/prune.md``).
+elsewhere than ``docs/benchmarks/prune.md``). ``--parts latency-alloc --out
+docs/benchmarks/latency_allocation.md``: MobileNetV2 ``allocation: latency`` vs MACs allocation,
+latency table validated on random widths (not in the default parts).
 """
 from __future__ import annotations
 
@@ -257,14 +259,130 @@ def structured_section(name: str, lines: list[str], steps: int, targets: tuple[f
     print("\n".join(lines[-len(models) - 4:]), flush=True)
 
 
+# ----------------------------------------------------------------------------- latency allocation
+def _group_widths(model: nn.Module, groups: list[str]) -> dict[str, int]:
+    """Kept units of every channel group (its root conv's output channels)."""
+    return {g: model.get_submodule(g).out_channels for g in groups}
+
+
+def latency_alloc_section(lines: list[str], steps: int, threads: int, rounds: int, samples: int,
+                          target: float = 0.55) -> None:
+    """MobileNetV2: ``allocation: latency`` vs MACs (``global``) allocation, side by side in one run.
+
+    Rows: dense; global at target_macs 0.5 (prune.md's row); latency at ``target``; latency at the
+    global row's predicted ratio (equal predicted latency); global at the latency row's MACs
+    (equal MACs). Every pruned model gets the same 30-step recovery distillation as the structured
+    section. The latency table (eager torch, ``threads``) is validated on ``samples`` random width
+    assignments from its grid, timed in the same interleaved loop as the rows.
+    """
+    import random
+    import statistics
+
+    from slimkit.core.heads import protected_names
+    from slimkit.measure.latency_table import build_latency_table, width_grid
+    from slimkit.prune.structured.core import build_graph, candidate_groups
+    from slimkit.prune.structured.latency import channel_groups, prune_to_widths
+
+    model, _ = sk.zoo.load_model("mobilenet-v2")
+    model.eval()
+    train_b = sk.zoo.load_data("photos", "train", batch_size=8)
+    evalb = sk.zoo.load_data("photos", "test")
+    top, cos = sk.TopKAgreement(evalb), sk.CosineFidelity(evalb)
+    top.prepare(model)
+    cos.prepare(model)
+    timing_inputs = evalb[0][:4]
+    example = train_b[0][:4]  # traces the model and sets the latency table's input shape (= timing batch shape)
+    dense_macs = count_macs(model, example)
+    DG = build_graph(model, example)
+    groups = channel_groups(model, DG, candidate_groups(model, DG, "channel",
+                                                        [model.get_submodule(n) for n in protected_names(model)]))
+    base = {"method": "structured", "granularity": "channel", "round_to": 8}
+    lat_step = {**base, "allocation": "latency", "latency_threads": threads}
+    rows: dict[str, dict[str, Any]] = {"dense": {"model": model, "q0": None}}
+
+    def add(label: str, step: dict) -> dict[str, Any]:
+        pruned, secs, notes = run("structured", model, step, example_inputs=example)
+        q0 = (top.scores(pruned), cos(pruned))
+        recovered = distill_recover(copy.deepcopy(pruned), model, train_b, steps, 1e-4)
+        rows[label] = {"model": recovered, "q0": q0, "q1": (top.scores(recovered), cos(recovered)), "secs": secs,
+                       "notes": notes, "macs": count_macs(recovered, example) / dense_macs}
+        print(label, {k: v for k, v in notes.items() if k != "kept_widths"}, f"{secs:.0f}s", rows[label]["q1"], flush=True)
+        return rows[label]
+
+    glob = add("global (MACs) allocation, target_macs 0.5", {**base, "allocation": "global", "target_macs": 0.5})
+    lat = add(f"latency allocation, target_latency {target}", {**lat_step, "target_latency": target})
+    table = build_latency_table(model, example, groups, round_to=8, threads=threads)  # from the cache: 0 measured
+    for r in rows.values():
+        r["pred"] = table.ratio(_group_widths(r["model"], list(groups)))
+    g_pred = round(glob["pred"], 3)
+    add(f"latency allocation, target_latency {g_pred} (= global's predicted)", {**lat_step, "target_latency": g_pred})
+    add(f"global (MACs) allocation, target_macs {lat['macs']:.3f} (= latency {target}'s MACs)",
+        {**base, "allocation": "global", "target_macs": round(lat["macs"], 3)})
+    for r in rows.values():
+        r["pred"] = table.ratio(_group_widths(r["model"], list(groups)))
+    rng = random.Random(0)
+    rand: dict[str, float] = {}
+    timed = {k: r["model"] for k, r in rows.items()}
+    for i in range(samples):
+        w = {g: rng.choice(width_grid(table.full[g], round_to=8)) for g in groups}
+        timed[f"random widths {i}"] = prune_to_widths(copy.deepcopy(model), example, w)
+        rand[f"random widths {i}"] = table.ratio(w)
+    load0 = os.getloadavg()
+    lat_ms = sk.measure.compare_latency(timed, timing_inputs, runs=rounds, threads=threads)
+    load1 = os.getloadavg()
+    dense_ms = lat_ms["dense"]["latency_ms"]
+    meas = {k: v["latency_ms"] / dense_ms for k, v in lat_ms.items()}
+    pairs = [(rand[k], meas[k]) for k in rand] + [(r["pred"], meas[k]) for k, r in rows.items() if k != "dense"]
+    corr = statistics.correlation([p for p, _ in pairs], [m for _, m in pairs])
+    mae = statistics.mean(abs(p - m) for p, m in pairs)
+    tnotes = lat["notes"]["latency_table"]
+    lines += ["## MobileNetV2: `allocation: latency` vs MACs allocation (held-out photos)", "",
+              f"`benchmarks/prune.py --parts latency-alloc` (one run). Latency table: {tnotes['layers']} layers (conv + "
+              f"its BatchNorm / ReLU6), kept widths {{0.25, 0.375, ..., 1.0}} of each group rounded to multiples of 8, "
+              f"eager torch, {threads} thread(s), input = a batch of {len(timing_inputs)} crops at 224 x 224; built in "
+              f"{tnotes['seconds']} s (the first step measured it, later steps read the cache). Whole-model latency: "
+              f"every model below (and {samples} models pruned to random grid widths, for validating the table) timed "
+              f"round-robin in one loop, {rounds} rounds, median, {threads} thread(s), on 2 CPU cores shared with other "
+              f"jobs (load average {load0[0]:.1f} before, {load1[0]:.1f} after the loop). Quality: top-1 / top-5 "
+              f"agreement and mean logit cosine with the dense model on {sum(len(b) for b in evalb)} crops of the 8 "
+              f"held-out `test` photos, before and after the same {steps}-step recovery distillation on the `train` "
+              "photos as the structured section. `predicted` = the table's latency ratio for the model's kept widths.", "",
+              "| model | MACs kept | predicted latency | measured latency ms (median) | measured × dense | "
+              "top-1 / top-5 / cosine after pruning | after recovery |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for k, r in rows.items():
+        fmt = (lambda q: f"{q[0]['top1']:.4f} / {q[0]['top5']:.4f} / {q[1]:.3f}")
+        q0 = "1 / 1 / 1" if r["q0"] is None else fmt(r["q0"])
+        q1 = "-" if r["q0"] is None else fmt(r["q1"])
+        lines.append(f"| {k} | {r.get('macs', 1.0):.3f} | {r['pred']:.3f} | {lat_ms[k]['latency_ms']:.1f} | "
+                     f"{meas[k]:.3f} | {q0} | {q1} |")
+    lines += ["", f"Table validation: predicted vs measured latency ratio over the {samples} random-width models and the "
+              f"{len(rows) - 1} pruned rows: Pearson r = {corr:.3f}, mean absolute error {mae:.3f}.", "",
+              "| random widths | predicted | measured |", "| --- | ---: | ---: |"]
+    lines += [f"| {k} | {rand[k]:.3f} | {meas[k]:.3f} |" for k in rand]
+    labels = [k for k in rows if k != "dense"]
+    lines += ["", "Kept channels per group (group = root conv; `full` = dense width):", "",
+              "| group | full | " + " | ".join(labels) + " |", "| --- | ---: |" + " ---: |" * len(labels)]
+    for g in groups:
+        lines.append(f"| {g} | {table.full[g]} | " + " | ".join(str(rows[k]["model"].get_submodule(g).out_channels)
+                                                             for k in labels) + " |")
+    lines.append("")
+    print("\n".join(lines[-(len(groups) + len(rows) + samples + 20):]), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calib-batches", type=int, default=16)
     parser.add_argument("--recover-steps", type=int, default=30)
     parser.add_argument("--mobilenet-targets", default="0.7,0.5", help="comma-separated target_macs (MobileNetV2 part)")
-    parser.add_argument("--parts", default="llm,mobilenet-v2,minilm", help="comma-separated: llm, mobilenet-v2, minilm")
+    parser.add_argument("--parts", default="llm,mobilenet-v2,minilm",
+                        help="comma-separated: llm, mobilenet-v2, minilm, latency-alloc (run alone with "
+                             "--out docs/benchmarks/latency_allocation.md)")
     parser.add_argument("--rounds", type=int, default=15, help="round-robin latency rounds (MiniLM part)")
+    parser.add_argument("--latency-threads", type=int, default=1, help="threads of the latency-alloc part's timing")
+    parser.add_argument("--latency-rounds", type=int, default=30, help="interleaved rounds (latency-alloc part)")
+    parser.add_argument("--latency-samples", type=int, default=8, help="random-width models validating the table")
     parser.add_argument("--out", default="docs/benchmarks/prune.md")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -279,7 +397,9 @@ def main() -> None:
     sections = [("llm", lambda: llm_section(args.calib_batches, lines)),
                 ("mobilenet-v2", lambda: structured_section("mobilenet-v2", lines, args.recover_steps,
                                                                    tuple(float(t) for t in args.mobilenet_targets.split(",")))),
-                ("minilm", lambda: minilm_structured_section(lines, args.recover_steps, args.rounds))]
+                ("minilm", lambda: minilm_structured_section(lines, args.recover_steps, args.rounds)),
+                ("latency-alloc", lambda: latency_alloc_section(lines, args.recover_steps, args.latency_threads,
+                                                                args.latency_rounds, args.latency_samples))]
     for name, section in sections:
         if name in parts:
             section()

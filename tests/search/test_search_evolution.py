@@ -207,3 +207,24 @@ def test_evolve_finds_the_optimum_and_ctrl_c_keeps_the_best() -> None:
                  rng=np.random.default_rng(0))
     assert out.stopped_by == "interrupted" and out.history and out.best == out.history[-1].assignment
     assert out.best_fitness < _Quadratic(target).score([2] * 6, None)
+
+
+def test_disk_level_database_gives_the_memory_result(capsys) -> None:
+    model, calib = tiny_llama(), token_batches(4, seed=1)
+    prune = {"method": "sparsegpt", "sparsity": 0.5}
+    mem = run(model, search_recipe(prune, level_storage="memory"), calib).report.steps[0]["notes"]["search"]
+    disk = sk.compress(model, search_recipe(prune, level_storage="disk"), calib=calib, progress=True,
+                       measure=False).report.steps[0]["notes"]["search"]
+    assert (mem["level_storage"], disk["level_storage"]) == ("memory", "disk")
+    assert mem["allocation"] == disk["allocation"] and mem["level_database_mb"] == disk["level_database_mb"] > 0
+
+
+def test_plain_model_uses_mse_to_the_input_outputs() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 32),
+                          nn.ReLU(), nn.Linear(32, 4)).eval()
+    calib = [torch.randn(8, 16) for _ in range(4)]
+    res = run(model, search_recipe({"method": "magnitude", "sparsity": 0.5}, selection=[[2, 8], [1, 16]]), calib)
+    note = res.report.steps[0]["notes"]["search"]
+    assert note["fitness"] == "mse" and note["budget_found"] == note["budget"]
+    assert note["searched_fitness"] <= note["uniform_fitness"]

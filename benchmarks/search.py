@@ -1,0 +1,362 @@
+"""Per-layer allocation by evolutionary search (EvoPress-style) on SmolLM2-135M, side by side with
+the uniform and heuristic allocations at exactly the same budget.
+
+Run: ``OMP_NUM_THREADS=2 .venv/bin/python benchmarks/search.py`` → prints the table and writes
+``docs/benchmarks/search.md`` (+ ``search.json``, the per-row results cache: ``--rows a b`` re-runs
+only those rows, the others are read from the cache; ``--fresh`` ignores it).
+
+Calibration (level databases, block influence, OWL, fitness): the Shakespeare *train* plays;
+perplexity on the held-out *test* plays. Row groups (each row of a group at the same budget):
+
+* ``s70``: 70 % unstructured, uniform SparseGPT / OWL SparseGPT / searched SparseGPT levels (same nonzeros)
+* ``s50``: 50 %, uniform SparseGPT / searched
+* ``drop8``: 8 of 30 blocks dropped, block influence (ShortGPT) / searched
+* ``q3``: GPTQ g128 at an average of 3 bits among 2/3/4/8 (nominal bits: slimkit packs 3-bit codes two
+  per byte, so the *stored* bytes of 3-bit equal 4-bit's; see the notes), uniform 3-bit / searched
+* ``q425``: GPTQ g128, stored bytes of an average of 4.25 bits per weight (scales/zeros included),
+  uniform 4-bit g128 for reference (4.19 bits) / searched among 2/3/4/8
+
+Searched rows: prune and drop_layers through ``sk.compress`` with the ``search`` step; the two
+quantize rows drive the same engine (``evolve`` + KL fitness) with the bit-width space built with
+``cost`` / ``target_avg_bits`` (the search config has no such fields), then run the found step
+normally. Every searched model is the found recipe step run normally (not the search's database).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import slimkit as sk
+from slimkit.core.context import RunContext
+from slimkit.core.recipe import Recipe
+from slimkit.quantize.weight_only import WeightOnlyLinear
+from slimkit.quantize.weight_only.apply import peak_rss_mb, reset_peak_rss
+from slimkit.search.evolution.core import CostTable, evolve
+from slimkit.search.fitness import OutputDivergence
+from slimkit.search.quant_levels import quant_space
+from slimkit.search.space import SpaceOptions
+
+ROWS = ["fp32", "drop8_influence", "drop8_search", "q3_uniform", "q3_search", "q425_uniform", "q425_search",
+        "s70_uniform", "s70_owl", "s70_search", "s50_uniform", "s50_search"]
+LABELS = {
+    "fp32": "fp32", "s70_uniform": "70 % SparseGPT uniform", "s70_owl": "70 % SparseGPT OWL",
+    "s70_search": "70 % SparseGPT searched", "s50_uniform": "50 % SparseGPT uniform",
+    "s50_search": "50 % SparseGPT searched", "drop8_influence": "drop 8/30 blocks, block influence",
+    "drop8_search": "drop 8/30 blocks, searched", "q3_uniform": "GPTQ g128 uniform 3-bit",
+    "q3_search": "GPTQ g128 avg 3 bits (2/3/4/8) searched", "q425_uniform": "GPTQ g128 uniform 4-bit (4.19 bits)",
+    "q425_search": "GPTQ g128 avg 4.25 bits (2/3/4/8) searched",
+}
+#: (row, reference row, max ratio, what): the issue's targets
+TARGETS = [
+    ("s70_search", "s70_uniform", 0.6, "searched <= 0.6x uniform SparseGPT"),
+    ("s70_search", "s70_owl", 1.0, "searched < OWL"),
+    ("s50_search", "s50_uniform", 0.95, "searched <= 0.95x uniform"),
+    ("drop8_search", "drop8_influence", 0.7, "searched <= 0.7x block influence"),
+    ("q3_search", "q3_uniform", 0.8, "searched <= 0.8x uniform 3-bit GPTQ"),
+    ("q425_search", "fp32", 1.08, "searched <= 1.08x fp32"),
+]
+REFERENCE = {"s70": "s70_uniform", "s50": "s50_uniform", "drop8": "drop8_influence", "q3": "q3_uniform",
+             "q425": "q425_uniform"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- budgets
+def linear_nonzeros(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(m.weight)) for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and n != "lm_head")
+
+
+def quant_budget(model: nn.Module) -> dict[str, Any]:
+    """Stored bytes of the non-head weight-only layers and their nominal average bits."""
+    stored = nominal = weights = 0
+    for name, m in model.named_modules():
+        if isinstance(m, WeightOnlyLinear) and name != "lm_head":
+            b = sum(t.numel() * t.element_size() for t in m.slimkit_weights().values())
+            stored += b
+            nominal += 8 * (b - m.qweight.numel()) + m.in_features * m.out_features * m.bits
+            weights += m.in_features * m.out_features
+    return {"stored_bytes": stored, "avg_bits_stored": 8 * stored / weights, "avg_bits_nominal": nominal / weights}
+
+
+def budget_of(group: str, model: nn.Module) -> dict[str, Any]:
+    if group in ("s70", "s50"):
+        return {"nonzeros": linear_nonzeros(model)}
+    if group == "drop8":
+        return {"blocks": len(model.model.layers)}
+    if group in ("q3", "q425"):
+        return quant_budget(model)
+    return {"nonzeros": linear_nonzeros(model), "blocks": len(model.model.layers)}
+
+
+# ----------------------------------------------------------------------------- rows
+def search_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"generations": args.generations, "offspring": args.offspring, "selection": args.selection,
+            "budget_s": args.search_s + args.database_s, "seed": 0}
+
+
+def stage_tokens(args: argparse.Namespace) -> int:
+    """Calibration tokens scored per generation (all stages, the parent joining the last)."""
+    pool, total = args.offspring, 0
+    for k, (survivors, tokens) in enumerate(args.selection):
+        pool += 1 if k == len(args.selection) - 1 else 0
+        total += pool * tokens
+        pool = survivors
+    return total
+
+
+def search_stats(note: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    gens = len(note["generations"])
+    return {"generations": gens, "candidates": note["trials"], "tokens": gens * stage_tokens(args),
+            "search_s": note["search_seconds"], "stopped_by": note["stopped_by"],
+            "fitness_uniform": note["uniform_fitness"], "fitness_searched": note["searched_fitness"]}
+
+
+def run_step(model: nn.Module, step: dict[str, Any], calib: list[Any]) -> tuple[nn.Module, dict[str, Any]]:
+    res = sk.compress(model, {"steps": [step]}, calib=calib, progress=False, measure=False)
+    return res.model, {"recipe": res.recipe.to_dict()["steps"][0], "notes": res.report.to_dict()["steps"][0]["notes"]}
+
+
+def searched_step(model: nn.Module, wrapped: dict[str, Any], calib: list[Any], args: argparse.Namespace,
+                  **extra: Any) -> tuple[nn.Module, dict[str, Any]]:
+    out, info = run_step(model, {"search": {"method": "evolution", "step": wrapped, **search_options(args), **extra}},
+                         calib)
+    note = info["notes"]["search"]
+    return out, {**search_stats(note, args), "allocation": note["allocation"], "found": info["recipe"]}
+
+
+def searched_bits(model: nn.Module, calib: list[Any], args: argparse.Namespace, bits: int, cost: str,
+                  target: float | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The search step's flow for a bit-width space with ``cost`` / ``target_avg_bits``."""
+    began = time.perf_counter()
+    step = Recipe.from_dict([{"quantize": {"method": "gptq", "bits": bits, "group_size": 128}}]).steps[0]
+    ctx = RunContext(calib=calib, show_progress=False)
+    fitness = OutputDivergence(model, calib, max(t for _, t in args.selection))
+    space = quant_space(model, step, ctx, SpaceOptions(levels=[2, 3, 4, 8], calib=calib), target_avg_bits=target,
+                        cost=cost)
+    db_s = time.perf_counter() - began
+    fitness.apply = lambda a: space.apply(model, a)
+    costs = CostTable([[space.cost(u, lvl) for lvl in range(n)] for u, n in enumerate(space.n_levels)])
+    sample = fitness.sample(np.random.default_rng([0, 1]), args.selection[-1][1])
+    uniform_fit = fitness.score(space.uniform(), sample)
+    deadline = time.perf_counter() + args.search_s
+    out = evolve(space.uniform(), costs, fitness, generations=args.generations, offspring=args.offspring,
+                 selection=args.selection, rng=np.random.default_rng(0), deadline=deadline)
+    searched_fit = fitness.score(out.best, sample)
+    search_s = time.perf_counter() - began
+    space.restore(model)
+    found = space.to_step(out.best)
+    start_bits = space.avg_bits(space.uniform())
+    space.close()
+    assert costs.total(out.best) == space.budget()
+    result, _ = run_step(model, found, calib)
+    gens = len(out.history)
+    values = [b for b in found["quantize"]["bits"].values()]
+    return result, {"generations": gens, "candidates": out.trials + 2, "tokens": gens * stage_tokens(args),
+                    "search_s": round(search_s, 1), "database_s": round(db_s, 1), "stopped_by": out.stopped_by,
+                    "fitness_uniform": uniform_fit, "fitness_searched": searched_fit, "cost": cost,
+                    "budget_avg_bits": round(start_bits, 4),
+                    "bits_histogram": {str(b): values.count(b) for b in (2, 3, 4, 8)}, "found_bits": found["quantize"]["bits"]}
+
+
+def build_row(row: str, model: nn.Module, calib: list[Any], args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+    group = row.split("_")[0]
+    if row == "fp32":
+        return model, {}
+    if group in ("s70", "s50"):
+        prune = {"method": "sparsegpt", "sparsity": 0.7 if group == "s70" else 0.5}
+        if row.endswith("uniform"):
+            return run_step(model, {"prune": prune}, calib)[0], {}
+        if row.endswith("owl"):
+            return run_step(model, {"prune": {**prune, "allocation": "owl"}}, calib)[0], {}
+        return searched_step(model, {"prune": prune}, calib, args, levels=args.levels, level_step=args.level_step)
+    if group == "drop8":
+        drop = {"method": "influence", "n": 8}
+        if row.endswith("influence"):
+            out, info = run_step(model, {"drop_layers": drop}, calib)
+            return out, {"dropped": info["notes"]["blocks_dropped"]}
+        out, info = searched_step(model, {"drop_layers": drop}, calib, args)
+        return out, {**info, "dropped": info["found"]["drop_layers"]["blocks"]}
+    bits, target, cost = (3, None, "nominal") if group == "q3" else (4, 4.25, "stored")
+    if row.endswith("uniform"):
+        return run_step(model, {"quantize": {"method": "gptq", "bits": bits, "group_size": 128}}, calib)[0], {}
+    return searched_bits(model, calib, args, bits, cost, target)
+
+
+# ----------------------------------------------------------------------------- table
+def budget_text(group: str, b: dict[str, Any]) -> str:
+    if group in ("s70", "s50"):
+        return f"{b['nonzeros']:,} nonzeros"
+    if group == "drop8":
+        return f"{b['blocks']} blocks"
+    if group in ("q3", "q425"):
+        return f"{b['stored_bytes']:,} B ({b['avg_bits_stored']:.3f} b stored, {b['avg_bits_nominal']:.3f} b nominal)"
+    return f"{b['nonzeros']:,} nonzeros, {b['blocks']} blocks"
+
+
+def table(results: dict[str, Any]) -> str:
+    fp32 = results.get("fp32", {}).get("ppl")
+    lines = ["| row | held-out ppl | × fp32 | × uniform | budget check | generations | candidates | tokens scored | "
+             "wall s | peak RSS MB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in ROWS:
+        r = results.get(row)
+        if r is None:
+            lines.append(f"| {LABELS[row]} | not run | | | | | | | | |")
+            continue
+        group = row.split("_")[0]
+        ref = results.get(REFERENCE.get(group, ""), {}).get("ppl")
+        x_fp = f"{r['ppl'] / fp32:.3f}" if fp32 else ""
+        x_un = f"{r['ppl'] / ref:.3f}" if ref and row != REFERENCE.get(group) else ""
+        lines.append(f"| {LABELS[row]} | {r['ppl']:.2f} | {x_fp} | {x_un} | {budget_text(group, r['budget'])} | "
+                     f"{r.get('generations', '')} | {r.get('candidates', '')} | {r.get('tokens', '')} | "
+                     f"{r['wall_s']:.0f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def targets(results: dict[str, Any]) -> str:
+    out = []
+    for row, ref, limit, what in TARGETS:
+        if row not in results or ref not in results:
+            out.append(f"* {what}: not run")
+            continue
+        ratio = results[row]["ppl"] / results[ref]["ppl"]
+        ok = ratio < limit if limit == 1.0 else ratio <= limit
+        out.append(f"* {what}: **{'met' if ok else 'missed'}** ({results[row]['ppl']:.2f} vs "
+                   f"{results[ref]['ppl']:.2f}, ×{ratio:.3f})")
+    for row in ROWS:
+        if row.endswith("search") and row in results:
+            s = results[row]["search_s"]
+            out.append(f"* {LABELS[row]}: search {s:.0f} s (≤ 30 min on 2 cores: {'met' if s <= 1800 else 'missed'}), "
+                       f"stopped by {results[row]['stopped_by']}")
+    return "\n".join(out)
+
+
+def details(results: dict[str, Any]) -> str:
+    out = []
+    for row in ROWS:
+        r = results.get(row)
+        if not r or not row.endswith(("search", "influence")):
+            continue
+        bits = []
+        if "dropped" in r:
+            bits.append(f"dropped blocks {r['dropped']}")
+        if "fitness_uniform" in r:
+            bits.append(f"KL to fp32 on the last stage's tokens: start {r['fitness_uniform']:.4f} → found "
+                        f"{r['fitness_searched']:.4f}")
+        if "bits_histogram" in r:
+            bits.append(f"layers per width {r['bits_histogram']} (cost {r['cost']}, budget {r['budget_avg_bits']} "
+                        f"avg bits, database {r['database_s']} s)")
+        if "allocation" in r and row.startswith("s"):
+            vals = list(r["allocation"].values())
+            bits.append(f"layer sparsities min {min(vals):.3f} / mean {np.mean(vals):.3f} / max {max(vals):.3f}")
+        out.append(f"* {LABELS[row]}: " + "; ".join(bits))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", default=None, help=f"rows to (re)run, of {ROWS}")
+    parser.add_argument("--quick", action="store_true", help="tiny data and searches (a smoke run)")
+    parser.add_argument("--generations", type=int, default=400)
+    parser.add_argument("--offspring", type=int, default=8)
+    parser.add_argument("--selection", type=json.loads, default=[[2, 256], [1, 1024]])
+    parser.add_argument("--search-s", type=float, default=480.0, help="wall budget of each search's evolution (s)")
+    parser.add_argument("--database-s", type=float, default=900.0,
+                        help="allowance for the level database on top of --search-s (the search step's budget_s "
+                             "counts from the step's start)")
+    parser.add_argument("--levels", type=int, default=2, help="sparsity levels on each side of the target")
+    parser.add_argument("--level-step", type=float, default=0.1)
+    parser.add_argument("--calib", type=int, default=16, help="calibration chunks of 256 train tokens")
+    parser.add_argument("--test", type=int, default=8, help="held-out chunks of 256 test tokens")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh", action="store_true", help="ignore the results cache")
+    parser.add_argument("--out", default="docs/benchmarks/search.md")
+    args = parser.parse_args()
+    if args.quick:
+        args.calib, args.test, args.generations, args.search_s, args.levels = 4, 2, 2, 60.0, 1
+        args.selection = [[2, 64], [1, 128]]
+    torch.set_num_threads(args.threads)
+    cache_path = Path(args.out).with_suffix(".json")
+    results: dict[str, Any] = {} if args.fresh or not cache_path.exists() else json.loads(cache_path.read_text())
+    results = results.get("rows", {}) if "rows" in results else results
+    todo = args.rows or [r for r in ROWS if r not in results]
+    unknown = sorted(set(todo) - set(ROWS))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; valid rows are {ROWS}")
+    load0 = os.getloadavg()
+    model, tok = sk.zoo.load_model("smollm2-135m")
+    calib = sk.zoo.load_data("shakespeare", "train", tokenizer=tok, seq_len=256, max_batches=args.calib)
+    test = sk.zoo.load_data("shakespeare", "test", tokenizer=tok, seq_len=256, max_batches=args.test)
+    ppl = sk.Perplexity(test)
+    for row in [r for r in ROWS if r in todo]:
+        log(f"row {row}")
+        reset_peak_rss()
+        began = time.perf_counter()
+        out, info = build_row(row, model, calib, args)
+        wall = time.perf_counter() - began
+        p = float(ppl(out))
+        results[row] = {"ppl": p, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "budget": budget_of(row.split("_")[0], out),
+                        "settings": {k: getattr(args, k) for k in ("generations", "offspring", "selection", "search_s",
+                                                                   "levels", "level_step", "calib", "test", "quick")},
+                        **info}
+        log(f"{row}: ppl {p:.2f} in {wall:.0f} s; {budget_text(row.split('_')[0], results[row]['budget'])}")
+        del out
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_text(json.dumps({"rows": results}, indent=1, default=str))
+        write(args, results, load0)
+
+
+def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float, float, float]) -> None:
+    load1 = os.getloadavg()
+    text = (f"# Per-layer allocation by evolutionary search (SmolLM2-135M)\n\n"
+            f"Calibration: {args.calib} × 256 tokens of the Shakespeare train plays (level databases, block influence, "
+            f"OWL, KL fitness); perplexity on {args.test} × 256 tokens of the held-out test plays. Search: "
+            f"{args.offspring} offspring per generation, selection {args.selection} ([survivors, tokens] per stage), "
+            f"at most {args.generations} generations or {args.search_s:.0f} s of evolution per search (the search "
+            f"step's budget_s = that + {args.database_s:.0f} s for the level database), seed 0; sparsity levels: ±{args.levels} × {args.level_step} around the target.\n\n"
+            + table(results) + "\n\n## Targets (issue 11)\n\n" + targets(results)
+            + "\n\n## Details\n\n" + details(results) + "\n\n" + NOTES
+            + f"\n\nMachine: {os.cpu_count()} CPU cores shared with other jobs; load average (1/5/15 min) "
+              f"{load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} at start, {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} "
+              f"at the last row; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"{time.strftime('%Y-%m-%d %H:%M')}.\n\n`{' '.join(sys.argv)}`\n")
+    Path(args.out).write_text(text)
+    print(table(results), flush=True)
+
+
+NOTES = """## Notes
+
+* Every row of a group is at exactly the same budget (the budget check column): the searched prune rows keep the
+  uniform step's Linear nonzeros, the searched drop row keeps 22 blocks. ``× uniform`` divides by the group's
+  reference row (uniform SparseGPT, block influence, uniform 3-bit, uniform 4-bit).
+* ``q3``: slimkit stores 3-bit codes two per byte, exactly like 4-bit codes, so a uniform 3-bit checkpoint is as
+  large as a 4-bit one. The search at the *stored* budget would simply move every layer to 4 bits for free; the
+  row is therefore searched at EvoPress's *nominal* average of 3 bits (``cost: nominal``: bits as if densely packed
+  + scales/zeros) and its stored bytes are shown beside it, which differ from uniform 3-bit's.
+* ``q425``: budget = the stored bytes of 4.25 bits per weight (scales/zeros included) over the quantized Linears;
+  the search starts at 4-bit g128 everywhere with some layers widened to 8 bits up to the budget
+  (``target_avg_bits``), and keeps the start's exact bytes. The output head and the embeddings are int8 in every
+  quantized row (slimkit's default), outside the budget.
+* Level switches move one level on one layer and one level the other way on a layer with exactly the opposite cost
+  step (in practice: same shape). With widths 2/3/4/8 the 4↔8 step is 4× the others, so 8-bit levels are reached
+  only through another 8-bit layer.
+* Quantize searches: the level database is GPTQ per layer on the *dense* model's inputs; the final model is the
+  found step re-run normally (sequential GPTQ), so its weights differ from the database's by one re-rounding
+  outside the first block.
+* Wall time is the whole row (database, search, final run); peak RSS is the process's since the row began."""
+
+
+if __name__ == "__main__":
+    main()
