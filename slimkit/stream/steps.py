@@ -12,6 +12,11 @@ A streamed step is split into the parts the whole-model handler runs over the wh
 
 Steps that need the whole model at once (distill, finetune, structured pruning, layer surgery,
 search, global magnitude ranking, ...) are refused with a :class:`ConfigError` before any work.
+Per-layer ``sparsity`` maps are resolved on the skeleton with the whole-model handlers' own
+resolver (:func:`slimkit.prune.sparsity.layer_sparsities`), so each layer gets the same value;
+``allocation: owl`` is refused: OWL's outlier ratios come from one *dense* pass over every block
+before any block is pruned, which a single streaming pass cannot provide (its resolved per-layer
+map, from the report's ``resolved_sparsity``, streams). Per-layer ``bits`` maps are refused.
 """
 from __future__ import annotations
 
@@ -71,6 +76,11 @@ def plan_steps(recipe: Recipe, n_calib: int, show_progress: bool) -> list[Stream
             quantized = label
         if step.name == "quantize" and step.method != "dynamic_int8" and not isinstance(step.config.bits, int):
             raise ConfigError(f"{label}: bits = {step.config.bits!r}; streaming takes one bit width for every layer")
+        if step.name == "prune" and getattr(step.config, "allocation", "uniform") != "uniform":
+            raise ConfigError(f"{label}: allocation = {step.config.allocation!r}; OWL needs a dense calibration pass "
+                              "over the whole model before any block is pruned, which streaming does not do; stream "
+                              "allocation: uniform, or the resolved per-layer map (report: resolved_sparsity) "
+                              "as sparsity")
         ctx = RunContext(show_progress=show_progress)
         steps.append(_BUILDERS[step.method](label, step.config, ctx, n_calib))
     return steps
@@ -177,10 +187,20 @@ def _refuse_outside(label: str) -> Callable[[nn.Module, list[str]], None]:
     return outer
 
 
-def _calibrated_prune(cfg: Any, ctx: RunContext) -> Callable[[nn.Module], list[str]]:
+def _calibrated_prune(cfg: Any, ctx: RunContext, sparsity: dict[str, float]) -> Callable[[nn.Module], list[str]]:
+    """The handler's layer selection; fills ``sparsity`` with each selected layer's value (a number
+    or a per-layer map resolved exactly as the whole-model handler does; empty for N:M)."""
     from slimkit.prune.calibrated import selected_linears
+    from slimkit.prune.pattern import parse_pattern
+    from slimkit.prune.sparsity import layer_sparsities
 
-    return lambda model: _names(selected_linears(model, cfg, ctx))
+    def select(model: nn.Module) -> list[str]:
+        layers = selected_linears(model, cfg, ctx)
+        sparsity.clear()
+        if parse_pattern(cfg.pattern) is None:
+            sparsity.update(layer_sparsities(cfg.sparsity, layers, ctx))
+        return _names(layers)
+    return select
 
 
 def _wanda(label: str, cfg: Any, ctx: RunContext, _n: int) -> StreamStep:
@@ -190,11 +210,12 @@ def _wanda(label: str, cfg: Any, ctx: RunContext, _n: int) -> StreamStep:
     from slimkit.prune.wanda.core import wanda_mask
 
     nm = parse_pattern(cfg.pattern)
+    sparsity: dict[str, float] = {}
 
     def apply(_model: nn.Module, name: str, module: nn.Module, stats: Any) -> None:
         scores = WandaImportance({name: stats})(name, module)
-        apply_mask(module.weight, wanda_mask(scores, cfg.sparsity, nm))
-    return StreamStep(label, cfg, ctx, True, _calibrated_prune(cfg, ctx), hook="prune",
+        apply_mask(module.weight, wanda_mask(scores, sparsity[name] if nm is None else 0.0, nm))
+    return StreamStep(label, cfg, ctx, True, _calibrated_prune(cfg, ctx, sparsity), hook="prune",
                       stats=lambda _n, m: InputNormStats(m.in_features), apply=apply, outer=_refuse_outside(label))
 
 
@@ -203,15 +224,17 @@ def _sparsegpt(label: str, cfg: Any, ctx: RunContext, _n: int) -> StreamStep:
     from slimkit.prune.sparsegpt.core import HessianStats, sparsegpt_prune
 
     nm = parse_pattern(cfg.pattern)
+    sparsity: dict[str, float] = {}
 
     def apply(_model: nn.Module, name: str, module: nn.Module, stats: Any) -> None:
         try:
-            new = sparsegpt_prune(module.weight, stats.H, cfg.sparsity, nm, cfg.blocksize, cfg.percdamp)
+            new = sparsegpt_prune(module.weight, stats.H, sparsity[name] if nm is None else 0.0, nm, cfg.blocksize,
+                                  cfg.percdamp)
         except torch.linalg.LinAlgError as exc:
             raise UnsupportedModelError(f"layer {name!r}: SparseGPT Hessian factorisation failed ({exc})") from None
         with torch.no_grad():
             module.weight.copy_(new)
-    return StreamStep(label, cfg, ctx, True, _calibrated_prune(cfg, ctx), hook="prune",
+    return StreamStep(label, cfg, ctx, True, _calibrated_prune(cfg, ctx, sparsity), hook="prune",
                       stats=lambda _n, m: HessianStats(m.in_features), apply=apply, outer=_refuse_outside(label))
 
 
@@ -221,11 +244,13 @@ def _magnitude(label: str, cfg: Any, ctx: RunContext, _n: int) -> StreamStep:
     from slimkit.prune.importance import MagnitudeImportance
     from slimkit.prune.magnitude.core import apply_mask, layer_mask
     from slimkit.prune.pattern import check_nm_width, nm_mask, parse_pattern
+    from slimkit.prune.sparsity import layer_sparsities
 
     if cfg.scope != "layer":
         raise ConfigError(f"{label}: scope = {cfg.scope!r} ranks all layers at once, which needs the whole model; "
                           "streaming supports scope: layer (or an N:M pattern)")
     nm = parse_pattern(cfg.pattern)
+    sparsity: dict[str, float] = {}
 
     def select(model: nn.Module) -> list[str]:
         types = tuple(getattr(nn, t) for t in cfg.layer_types)
@@ -233,11 +258,14 @@ def _magnitude(label: str, cfg: Any, ctx: RunContext, _n: int) -> StreamStep:
                                                       field="prune"), cfg.targets, ctx)
         for name, module in chosen if nm else ():
             check_nm_width(name, module.weight, nm[1])
+        sparsity.clear()
+        if nm is None:
+            sparsity.update(layer_sparsities(cfg.sparsity, chosen, ctx))
         return _names(chosen)
 
     def apply(_model: nn.Module, name: str, module: nn.Module, _stats: Any) -> None:
         s = MagnitudeImportance()(name, module)
-        apply_mask(module.weight, nm_mask(s, *nm) if nm is not None else layer_mask(s, cfg.sparsity))
+        apply_mask(module.weight, nm_mask(s, *nm) if nm is not None else layer_mask(s, sparsity[name]))
 
     def outer(model: nn.Module, names: list[str]) -> None:
         for name in names:
