@@ -30,12 +30,11 @@ from torch import nn
 
 from slimkit.core.context import RunContext
 from slimkit.core.errors import ConfigError, UnsupportedModelError
-from slimkit.core.heads import drop_protected
 from slimkit.core.inputs import call_model
-from slimkit.core.select import select_modules
 from slimkit.core.sequential import no_cache, run_blocks
 from slimkit.prune.calibrated import selected_linears
 from slimkit.prune.importance import InputNormStats, MagnitudeImportance, WandaImportance
+from slimkit.prune.magnitude.api import _layers as magnitude_layers
 from slimkit.prune.magnitude.core import layer_mask
 from slimkit.prune.sparsegpt.core import HessianStats, sparsegpt_prune
 from slimkit.prune.sparsity import layer_sparsities
@@ -69,6 +68,9 @@ def granularity(weight: torch.Tensor) -> int:
 
 
 def _layers(model: nn.Module, step: Any, ctx: RunContext) -> list[tuple[str, nn.Module]]:
+    """The wrapped step's layers, selected by its handler's own function (targets / ignore / head
+    rules exactly as ``prune`` applies them); their start sparsities come from the same resolver
+    (:func:`slimkit.prune.sparsity.layer_sparsities` over :mod:`slimkit.core.per_layer`)."""
     cfg = step.config
     if getattr(cfg, "pattern", None) is not None:
         raise ConfigError(f"step.prune.pattern = {cfg.pattern!r}: an N:M pattern has no sparsity levels to search; "
@@ -76,15 +78,10 @@ def _layers(model: nn.Module, step: Any, ctx: RunContext) -> list[tuple[str, nn.
     if getattr(cfg, "allocation", "uniform") != "uniform":
         raise ConfigError(f"step.prune.allocation = {cfg.allocation!r}: the search starts from the step as written; "
                           f"use allocation: uniform, or OWL's resolved per-layer map as sparsity")
-    if step.method == "magnitude":
-        if cfg.scope != "layer":
-            raise ConfigError(f"step.prune.scope = {cfg.scope!r}: search needs per-layer sparsity (scope: layer)")
-        types = tuple(getattr(nn, t) for t in cfg.layer_types)
-        layers = drop_protected(model, select_modules(model, types, targets=cfg.targets, ignore=cfg.ignore,
-                                                      field="prune"), cfg.targets, ctx)
-    else:
-        layers = selected_linears(model, cfg, ctx)
-    return layers
+    if step.method == "magnitude" and cfg.scope != "layer":
+        raise ConfigError(f"step.prune.scope = {cfg.scope!r}: search needs per-layer sparsity (scope: layer)")
+    # the prune handlers' own selection, so the search and the step it writes choose the same layers
+    return magnitude_layers(model, cfg, ctx) if step.method == "magnitude" else selected_linears(model, cfg, ctx)
 
 
 class PruneLevelSpace:
