@@ -46,6 +46,7 @@ class _StudentMetric:
     def __init__(self, evaluate: Callable[[nn.Module], float]) -> None:
         self.evaluate = evaluate
         self.higher_is_better = bool(getattr(evaluate, "higher_is_better", True))
+        self.on_eval = getattr(evaluate, "on_eval", None)  # the training loop's validation observer, passed on
 
     def __call__(self, objective: nn.Module) -> float:
         return float(self.evaluate(objective.student))

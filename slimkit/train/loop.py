@@ -76,6 +76,9 @@ class _EarlyStop:
             metric = float(self.validate(model))
         model.train()
         self.state["evals"].append({"step": step, "metric": metric})
+        observe = getattr(self.validate, "on_eval", None)  # e.g. a search trial reporting rungs to its pruner
+        if observe is not None:
+            observe(step, metric)
         best = self.state["best_metric"]
         if best is None or (metric > best if self.higher else metric < best):
             self.state["best_metric"], self.state["bad_evals"] = metric, 0
@@ -112,7 +115,9 @@ def train(
     ``params`` (default: the model's parameters with ``requires_grad``) may include parameters
     outside the model (distillation projections). ``validate(model) -> float`` (default
     ``ctx.evaluate``) drives ``eval_every`` / ``patience``; its ``higher_is_better`` attribute
-    says which way is better (default higher). Returns ``{"steps", "final_loss", "history",
+    says which way is better (default higher); its optional ``on_eval(step, metric)`` method is
+    called after each validation (a search trial reports intermediate quality to its pruner there,
+    and may stop the training by raising). Returns ``{"steps", "final_loss", "history",
     "best_metric", "evals", "stopped_early", "resumed_from"}``; the model ends in eval mode.
     """
     opts = opts.train_options() if type(opts) is not TrainOptions else opts

@@ -33,9 +33,10 @@ from torch import nn
 
 from slimkit.core.errors import ConfigError
 from slimkit.search.recipes.engine import STRATEGIES, Plan, make_sampler, run_worker
-from slimkit.search.recipes.evaluate import CandidateMeter, model_fingerprint
+from slimkit.search.recipes.evaluate import model_fingerprint
 from slimkit.search.recipes.goals import Constraint, Objective, parse_constraints, parse_objectives
 from slimkit.search.recipes.knobs import RecipeSpace
+from slimkit.search.recipes.pruning import TrainingMeter, parse_pruner, rung_resources
 from slimkit.search.recipes.result import SearchResult, candidates_from_trials, choose_best, pareto_front
 from slimkit.search.recipes.storage import Store, open_store
 
@@ -68,6 +69,7 @@ def search(
     latency_runs: int = 20,
     save_best: bool = True,
     progress: bool = False,
+    pruner: Any = None,
 ) -> SearchResult:
     """Search ``space`` for recipes trading quality against bytes / latency / MACs; see the module docstring.
 
@@ -75,12 +77,15 @@ def search(
     ``best``); ``constraints``: e.g. ``["quality_drop <= 0.02", "bytes <= 0.25"]``; ``strategy``:
     ``tpe`` / ``nsga2`` / ``random``; ``n_trials`` is the study's total (a resumed study continues up
     to it); ``budget_s`` the wall time of this call (no trial starts after it). ``overwrite=True``
-    starts ``out_dir`` over instead of resuming it.
+    starts ``out_dir`` over instead of resuming it. ``pruner``: ``none`` / ``successive_halving`` /
+    ``hyperband`` or a mapping (:mod:`slimkit.search.recipes.pruning`), like the space YAML's
+    ``pruner:`` key (giving both with different values is an error): trials whose training reports
+    a weak held-out quality at a rung stop there and end PRUNED.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_stops(n_trials, budget_s, workers, strategy)
-    recipe_space = RecipeSpace.coerce(space)
+    recipe_space = _with_pruner(RecipeSpace.coerce(space), pruner)
     from slimkit.measure.quality import as_evaluator
 
     evaluator = as_evaluator(eval) if eval is not None else None
@@ -89,7 +94,7 @@ def search(
     cons = parse_constraints(constraints, higher_is_better=hib, has_inputs=example_inputs is not None)
     _check_needs(recipe_space, calib=calib, train=train, example_inputs=example_inputs)
     latency = any(o.name == "latency" for o in objs) or any(c.metric == "latency" for c in cons)
-    meter = CandidateMeter(model, calib=list(calib) if calib is not None else None, evaluator=evaluator,
+    meter = TrainingMeter(model, calib=list(calib) if calib is not None else None, evaluator=evaluator,
                            example_inputs=example_inputs, latency=latency, latency_runs=latency_runs,
                            train=list(train) if train is not None else None, teacher=teacher)
     out = None
@@ -132,7 +137,8 @@ def run_study(space: RecipeSpace, evaluate: Callable[[dict[str, Any]], dict[str,
     deadline = time.time() + budget_s if budget_s is not None else None
     plan = Plan(space=space, evaluate=evaluate, objectives=objectives, constraints=constraints, baseline=baseline,
                 higher_is_better=higher_is_better, strategy=strategy, seed=seed, n_trials=n_trials,
-                deadline=deadline, log=log)
+                deadline=deadline, log=log, pruner=space.pruner,
+                rung_resources=rung_resources(space, space.pruner) if space.pruner is not None else None)
     first_seed = seed + 7919 * len(study.get_trials(deepcopy=False))  # a resumed study samples anew
     if workers == 1:
         counts = _run_here(plan, store, first_seed)
@@ -145,6 +151,16 @@ def run_study(space: RecipeSpace, evaluate: Callable[[dict[str, Any]], dict[str,
                         trials=cands, objectives=objectives, constraints=constraints, baseline=baseline,
                         strategy=strategy, storage=store.describe(), interrupted=bool(counts.get("interrupted")),
                         counts=counts)
+
+
+def _with_pruner(space: RecipeSpace, pruner: Any) -> RecipeSpace:
+    """The space with the ``pruner=`` argument applied (it must agree with the space's own ``pruner:``)."""
+    if pruner is None:
+        return space
+    given = parse_pruner(pruner, "pruner")
+    if space.pruner is not None and given.to_dict() != space.pruner.to_dict():
+        raise ConfigError(f"pruner = {pruner!r} differs from the space's pruner {space.pruner.to_dict()!r}; give one")
+    return space.with_pruner(given, "pruner")
 
 
 def _check_stops(n_trials: Any, budget_s: Any, workers: Any, strategy: str) -> None:

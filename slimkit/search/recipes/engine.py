@@ -20,7 +20,8 @@ from slimkit.search.recipes.storage import Heartbeat, Store, is_stale, process_i
 
 __all__ = ["Plan", "run_worker", "make_sampler", "STRATEGIES", "fail_stale", "canonical_recipe"]
 
-STRATEGIES = ("tpe", "nsga2", "random")
+#: tpe / nsga2 / random: Optuna samplers; evolution / rl / gradient: slimkit.search.recipes.strategies
+STRATEGIES = ("tpe", "nsga2", "random", "evolution", "rl", "gradient")
 _POLL_S = 0.2
 #: errors that fail one candidate (recorded on its trial) without stopping the search
 _CANDIDATE_ERRORS = (SlimkitError, RuntimeError)
@@ -41,6 +42,10 @@ class Plan:
     n_trials: int | None = None
     deadline: float | None = None  # time.time() after which no trial starts
     log: Callable[[str], None] | None = None
+    #: successive halving / Hyperband (:mod:`slimkit.search.recipes.pruning`): a ``PrunerConfig``
+    #: and the rung resources in optimizer steps, or ``None`` (every trial runs to the end)
+    pruner: Any = None
+    rung_resources: tuple[int, int] | None = None
 
 
 def make_sampler(strategy: str, seed: int, n_trials: int | None) -> Any:
@@ -60,6 +65,10 @@ def make_sampler(strategy: str, seed: int, n_trials: int | None) -> Any:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if strategy in STRATEGIES:
+        from slimkit.search.recipes.strategies import make_extra_sampler
+
+        return make_extra_sampler(strategy, seed, n_trials)
     raise ConfigError(f"unknown strategy {strategy!r}; valid strategies are {list(STRATEGIES)}")
 
 
@@ -139,10 +148,18 @@ def _run_trial(plan: Plan, study: Any, store: Store, trial: Any) -> str:
         trial.set_user_attr("recipe_hash", key)
         metrics, cached = _claim_or_reuse(plan, study, store, trial, key)
         if metrics is None:
+            import optuna
+
             try:
                 start = time.perf_counter()
-                metrics = dict(plan.evaluate(recipe))
+                metrics = dict(_evaluate(plan, study, store, trial, recipe))
                 trial.set_user_attr("seconds", time.perf_counter() - start)
+            except optuna.TrialPruned as exc:  # the pruner stopped its training at a rung
+                trial.set_user_attr("seconds", time.perf_counter() - start)
+                trial.set_user_attr("pruned_because", str(exc))
+                study.tell(trial, state=TrialState.PRUNED)
+                _log_pruned(plan, trial.number, recipe, str(exc))
+                return "pruned"
             except _CANDIDATE_ERRORS as exc:
                 _tell_fail(study, trial, f"{type(exc).__name__}: {exc}")
                 return "failed"
@@ -154,6 +171,22 @@ def _run_trial(plan: Plan, study: Any, store: Store, trial: Any) -> str:
         study.tell(trial, [float(metrics[o.key]) for o in plan.objectives])
     _log(plan, trial.number, recipe, metrics, cached)
     return "cached" if cached else "evaluated"
+
+
+def _evaluate(plan: Plan, study: Any, store: Store, trial: Any, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The candidate's metrics; with a pruner, its training reports each rung and may stop early."""
+    if plan.pruner is None or not plan.pruner.active:
+        return plan.evaluate(recipe)
+    from slimkit.search.recipes.pruning import evaluate_with_rungs
+
+    return evaluate_with_rungs(plan.evaluate, recipe, study=study, store=store, trial=trial, cfg=plan.pruner,
+                               resources=plan.rung_resources or (1, 1), higher_is_better=plan.higher_is_better)
+
+
+def _log_pruned(plan: Plan, number: int, recipe: dict[str, Any], why: str) -> None:
+    if plan.log is not None:
+        steps = " + ".join(f"{n}:{o.get('method')}" for s in recipe["steps"] for n, o in s.items())
+        plan.log(f"trial {number}: {steps} -> pruned ({why})")
 
 
 def _claim_or_reuse(plan: Plan, study: Any, store: Store, trial: Any, key: str) -> tuple[dict[str, Any] | None, bool]:

@@ -138,6 +138,8 @@ class RecipeSpace:
     """A validated space of recipes; :meth:`sample` draws one candidate recipe as a dict."""
 
     steps: tuple[StepSpace, ...]
+    #: early stopping of weak trials (a :class:`~slimkit.search.recipes.pruning.PrunerConfig`), or ``None``
+    pruner: Any = None
 
     @classmethod
     def coerce(cls, space: "RecipeSpace | dict[str, Any] | list[Any] | str | Path") -> "RecipeSpace":
@@ -164,13 +166,25 @@ class RecipeSpace:
         """Parse and validate (see the module docstring); errors name the step, knob and value."""
         if isinstance(data, list):
             data = {"steps": data}
-        if not isinstance(data, dict) or set(data) - {"steps"}:
-            extra = sorted(set(data) - {"steps"}) if isinstance(data, dict) else type(data).__name__
-            raise ConfigError(f"space: expected a mapping with only a 'steps' list, got {extra!r}")
+        if not isinstance(data, dict) or set(data) - {"steps", "pruner"}:
+            extra = sorted(set(data) - {"steps", "pruner"}) if isinstance(data, dict) else type(data).__name__
+            raise ConfigError(f"space: expected a mapping with a 'steps' list (and optionally 'pruner'), got {extra!r}")
         raw = data.get("steps")
         if not isinstance(raw, list) or not raw:
             raise ConfigError("space: 'steps' must be a non-empty list of one-key mappings")
-        return cls(steps=tuple(_parse_step(i, item) for i, item in enumerate(raw)))
+        space = cls(steps=tuple(_parse_step(i, item) for i, item in enumerate(raw)))
+        return space.with_pruner(data.get("pruner"), where="space pruner")
+
+    def with_pruner(self, spec: Any, where: str = "pruner") -> "RecipeSpace":
+        """This space with ``spec`` (``none`` / ``successive_halving`` / ``hyperband`` or a mapping) as
+        its pruner, checked against the space (a pruner needs a training step with ``eval_every``)."""
+        from slimkit.search.recipes.pruning import parse_pruner, rung_resources
+
+        cfg = parse_pruner(spec, where)
+        if not cfg.active:
+            return dataclasses.replace(self, pruner=None)
+        rung_resources(self, cfg)
+        return dataclasses.replace(self, pruner=cfg)
 
     def sample(self, source: ParamSource) -> dict[str, Any]:
         """One candidate recipe (``{"steps": [...]}``; possibly with no steps if every method is ``none``)."""
@@ -182,7 +196,10 @@ class RecipeSpace:
         return {"steps": steps}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": [s.to_dict() for s in self.steps]}
+        out: dict[str, Any] = {"steps": [s.to_dict() for s in self.steps]}
+        if self.pruner is not None:
+            out["pruner"] = self.pruner.to_dict()
+        return out
 
     def signature(self) -> str:
         """A hash of the space, to refuse resuming a study with a different space."""
