@@ -45,8 +45,8 @@ from slimkit.search.fitness import OutputDivergence
 from slimkit.search.quant_levels import quant_space
 from slimkit.search.space import SpaceOptions
 
-ROWS = ["fp32", "drop8_influence", "drop8_search", "q3_uniform", "q3_search", "q425_uniform", "q425_search",
-        "s70_uniform", "s70_owl", "s70_search", "s50_uniform", "s50_search"]
+ROWS = ["fp32", "s70_uniform", "s70_owl", "s70_search", "drop8_influence", "drop8_search", "s50_uniform", "s50_search",
+        "q3_uniform", "q3_search", "q425_uniform", "q425_search"]
 LABELS = {
     "fp32": "fp32", "s70_uniform": "70 % SparseGPT uniform", "s70_owl": "70 % SparseGPT OWL",
     "s70_search": "70 % SparseGPT searched", "s50_uniform": "50 % SparseGPT uniform",
@@ -101,9 +101,31 @@ def budget_of(group: str, model: nn.Module) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- rows
-def search_options(args: argparse.Namespace) -> dict[str, Any]:
+def database_allowance(row: str, results: dict[str, Any], args: argparse.Namespace) -> float:
+    """Seconds the search step may spend before evolving (level database + reference outputs), on
+    top of ``--search-s``: the search step's ``budget_s`` counts from the step's start, so on a
+    shared machine a fixed allowance would give the evolution a time that depends on the load.
+    ``--database-s`` when given; else ``DATABASE_FACTOR`` × the wall time of the group's reference
+    row, measured just before in the same run (uniform SparseGPT: one calibration pass + one
+    SparseGPT sweep per layer; the database is one pass + one sweep per level), + 120 s."""
+    if args.database_s is not None:
+        return float(args.database_s)
+    group = row.split("_")[0]
+    ref = results.get(REFERENCE[group], {}).get("wall_s")
+    if ref is None:
+        raise SystemExit(f"row {row}: --database-s not given and the reference row {REFERENCE[group]} has no "
+                         f"wall time in the results cache; run it first or pass --database-s")
+    levels = 2 * args.levels + 1 if group in ("s70", "s50") else 1
+    return DATABASE_FACTOR * ref * (1 + levels) / 2 + 120.0
+
+
+#: safety factor on the database estimate (the load of a shared machine varies)
+DATABASE_FACTOR = 1.5
+
+
+def search_options(row: str, results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return {"generations": args.generations, "offspring": args.offspring, "selection": args.selection,
-            "budget_s": args.search_s + args.database_s, "seed": 0}
+            "budget_s": round(args.search_s + database_allowance(row, results, args)), "seed": 0}
 
 
 def stage_tokens(args: argparse.Namespace) -> int:
@@ -118,8 +140,11 @@ def stage_tokens(args: argparse.Namespace) -> int:
 
 def search_stats(note: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     gens = len(note["generations"])
+    evolution = sum(g["seconds"] for g in note["generations"])
     return {"generations": gens, "candidates": note["trials"], "tokens": gens * stage_tokens(args),
-            "search_s": note["search_seconds"], "stopped_by": note["stopped_by"],
+            "search_s": note["search_seconds"], "evolution_s": round(evolution, 1),
+            "database_s": round(note["search_seconds"] - evolution, 1), "budget_s": note["budget_s"],
+            "stopped_by": note["stopped_by"],
             "fitness_uniform": note["uniform_fitness"], "fitness_searched": note["searched_fitness"]}
 
 
@@ -129,9 +154,8 @@ def run_step(model: nn.Module, step: dict[str, Any], calib: list[Any]) -> tuple[
 
 
 def searched_step(model: nn.Module, wrapped: dict[str, Any], calib: list[Any], args: argparse.Namespace,
-                  **extra: Any) -> tuple[nn.Module, dict[str, Any]]:
-    out, info = run_step(model, {"search": {"method": "evolution", "step": wrapped, **search_options(args), **extra}},
-                         calib)
+                  options: dict[str, Any], **extra: Any) -> tuple[nn.Module, dict[str, Any]]:
+    out, info = run_step(model, {"search": {"method": "evolution", "step": wrapped, **options, **extra}}, calib)
     note = info["notes"]["search"]
     return out, {**search_stats(note, args), "allocation": note["allocation"], "found": info["recipe"]}
 
@@ -151,8 +175,10 @@ def searched_bits(model: nn.Module, calib: list[Any], args: argparse.Namespace, 
     sample = fitness.sample(np.random.default_rng([0, 1]), args.selection[-1][1])
     uniform_fit = fitness.score(space.uniform(), sample)
     deadline = time.perf_counter() + args.search_s
+    evolve_began = time.perf_counter()
     out = evolve(space.uniform(), costs, fitness, generations=args.generations, offspring=args.offspring,
                  selection=args.selection, rng=np.random.default_rng(0), deadline=deadline)
+    evolution_s = time.perf_counter() - evolve_began
     searched_fit = fitness.score(out.best, sample)
     search_s = time.perf_counter() - began
     space.restore(model)
@@ -164,13 +190,15 @@ def searched_bits(model: nn.Module, calib: list[Any], args: argparse.Namespace, 
     gens = len(out.history)
     values = [b for b in found["quantize"]["bits"].values()]
     return result, {"generations": gens, "candidates": out.trials + 2, "tokens": gens * stage_tokens(args),
-                    "search_s": round(search_s, 1), "database_s": round(db_s, 1), "stopped_by": out.stopped_by,
+                    "search_s": round(search_s, 1), "database_s": round(db_s, 1), "evolution_s": round(evolution_s, 1),
+                    "stopped_by": out.stopped_by,
                     "fitness_uniform": uniform_fit, "fitness_searched": searched_fit, "cost": cost,
                     "budget_avg_bits": round(start_bits, 4),
                     "bits_histogram": {str(b): values.count(b) for b in (2, 3, 4, 8)}, "found_bits": found["quantize"]["bits"]}
 
 
-def build_row(row: str, model: nn.Module, calib: list[Any], args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
+def build_row(row: str, model: nn.Module, calib: list[Any], args: argparse.Namespace,
+              results: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     group = row.split("_")[0]
     if row == "fp32":
         return model, {}
@@ -180,13 +208,14 @@ def build_row(row: str, model: nn.Module, calib: list[Any], args: argparse.Names
             return run_step(model, {"prune": prune}, calib)[0], {}
         if row.endswith("owl"):
             return run_step(model, {"prune": {**prune, "allocation": "owl"}}, calib)[0], {}
-        return searched_step(model, {"prune": prune}, calib, args, levels=args.levels, level_step=args.level_step)
+        return searched_step(model, {"prune": prune}, calib, args, search_options(row, results, args),
+                             levels=args.levels, level_step=args.level_step)
     if group == "drop8":
         drop = {"method": "influence", "n": 8}
         if row.endswith("influence"):
             out, info = run_step(model, {"drop_layers": drop}, calib)
             return out, {"dropped": info["notes"]["blocks_dropped"]}
-        out, info = searched_step(model, {"drop_layers": drop}, calib, args)
+        out, info = searched_step(model, {"drop_layers": drop}, calib, args, search_options(row, results, args))
         return out, {**info, "dropped": info["found"]["drop_layers"]["blocks"]}
     bits, target, cost = (3, None, "nominal") if group == "q3" else (4, 4.25, "stored")
     if row.endswith("uniform"):
@@ -251,12 +280,22 @@ def details(results: dict[str, Any]) -> str:
         bits = []
         if "dropped" in r:
             bits.append(f"dropped blocks {r['dropped']}")
+        if "evolution_s" in r:
+            budget = f", budget_s {r['budget_s']}" if r.get("budget_s") else ""
+            bits.append(f"search {r['search_s']:.0f} s = level database + reference {r['database_s']:.0f} s + "
+                        f"evolution {r['evolution_s']:.0f} s ({r['generations']} generations, {r['candidates']} "
+                        f"candidates scored, stopped by {r['stopped_by']}{budget})")
+        if "settings" in r and row.endswith("search"):
+            st = r["settings"]
+            bits.append(f"settings: offspring {st['offspring']}, selection {st['selection']}, evolution ≤ "
+                        f"{st['search_s']:.0f} s, calibration {st['calib']} × 256 tokens, {st.get('threads', '?')} "
+                        f"torch threads")
         if "fitness_uniform" in r:
             bits.append(f"KL to fp32 on the last stage's tokens: start {r['fitness_uniform']:.4f} → found "
                         f"{r['fitness_searched']:.4f}")
         if "bits_histogram" in r:
             bits.append(f"layers per width {r['bits_histogram']} (cost {r['cost']}, budget {r['budget_avg_bits']} "
-                        f"avg bits, database {r['database_s']} s)")
+                        f"avg bits)")
         if "allocation" in r and row.startswith("s"):
             vals = list(r["allocation"].values())
             bits.append(f"layer sparsities min {min(vals):.3f} / mean {np.mean(vals):.3f} / max {max(vals):.3f}")
@@ -273,9 +312,9 @@ def main() -> None:
     parser.add_argument("--offspring", type=int, default=8)
     parser.add_argument("--selection", type=json.loads, default=[[2, 256], [1, 1024]])
     parser.add_argument("--search-s", type=float, default=480.0, help="wall budget of each search's evolution (s)")
-    parser.add_argument("--database-s", type=float, default=900.0,
+    parser.add_argument("--database-s", type=float, default=None,
                         help="allowance for the level database on top of --search-s (the search step's budget_s "
-                             "counts from the step's start)")
+                             "counts from the step's start); default: estimated from the group's reference row")
     parser.add_argument("--levels", type=int, default=2, help="sparsity levels on each side of the target")
     parser.add_argument("--level-step", type=float, default=0.1)
     parser.add_argument("--calib", type=int, default=16, help="calibration chunks of 256 train tokens")
@@ -304,12 +343,13 @@ def main() -> None:
         log(f"row {row}")
         reset_peak_rss()
         began = time.perf_counter()
-        out, info = build_row(row, model, calib, args)
+        out, info = build_row(row, model, calib, args, results)
         wall = time.perf_counter() - began
         p = float(ppl(out))
         results[row] = {"ppl": p, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "budget": budget_of(row.split("_")[0], out),
                         "settings": {k: getattr(args, k) for k in ("generations", "offspring", "selection", "search_s",
-                                                                   "levels", "level_step", "calib", "test", "quick")},
+                                                                   "levels", "level_step", "calib", "test", "quick",
+                                                                   "threads")},
                         **info}
         log(f"{row}: ppl {p:.2f} in {wall:.0f} s; {budget_text(row.split('_')[0], results[row]['budget'])}")
         del out
@@ -325,7 +365,9 @@ def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float,
             f"OWL, KL fitness); perplexity on {args.test} × 256 tokens of the held-out test plays. Search: "
             f"{args.offspring} offspring per generation, selection {args.selection} ([survivors, tokens] per stage), "
             f"at most {args.generations} generations or {args.search_s:.0f} s of evolution per search (the search "
-            f"step's budget_s = that + {args.database_s:.0f} s for the level database), seed 0; sparsity levels: ±{args.levels} × {args.level_step} around the target.\n\n"
+            f"step's budget_s = that + an allowance for the level database, "
+            f"{'%.0f s' % args.database_s if args.database_s is not None else 'estimated from the reference row'}), "
+            f"seed 0; sparsity levels: ±{args.levels} × {args.level_step} around the target.\n\n"
             + table(results) + "\n\n## Targets (issue 11)\n\n" + targets(results)
             + "\n\n## Details\n\n" + details(results) + "\n\n" + NOTES
             + f"\n\nMachine: {os.cpu_count()} CPU cores shared with other jobs; load average (1/5/15 min) "
