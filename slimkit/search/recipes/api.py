@@ -39,6 +39,7 @@ from slimkit.search.recipes.knobs import RecipeSpace
 from slimkit.search.recipes.pruning import TrainingMeter, parse_pruner, rung_resources
 from slimkit.search.recipes.result import SearchResult, candidates_from_trials, choose_best, pareto_front
 from slimkit.search.recipes.storage import Store, open_store
+from slimkit.search.recipes.strategies import prepare_plan
 
 __all__ = ["search", "run_study", "STUDY_NAME"]
 
@@ -75,7 +76,10 @@ def search(
 
     ``objectives``: names from :data:`slimkit.search.recipes.goals.OBJECTIVES` (the first ranks
     ``best``); ``constraints``: e.g. ``["quality_drop <= 0.02", "bytes <= 0.25"]``; ``strategy``:
-    ``tpe`` / ``nsga2`` / ``random``; ``n_trials`` is the study's total (a resumed study continues up
+    ``tpe`` / ``nsga2`` / ``random`` (Optuna's samplers), ``evolution`` (elitist, single-knob
+    switches), ``rl`` (REINFORCE controller, one softmax per knob) or ``gradient`` (per-layer
+    sparsity maps of the space's prune step learned by gradient descent on the model with ``calib``,
+    then TPE over them); see :mod:`slimkit.search.recipes.strategies`; ``n_trials`` is the study's total (a resumed study continues up
     to it); ``budget_s`` the wall time of this call (no trial starts after it). ``overwrite=True``
     starts ``out_dir`` over instead of resuming it. ``pruner``: ``none`` / ``successive_halving`` /
     ``hyperband`` or a mapping (:mod:`slimkit.search.recipes.pruning`), like the space YAML's
@@ -139,6 +143,7 @@ def run_study(space: RecipeSpace, evaluate: Callable[[dict[str, Any]], dict[str,
                 higher_is_better=higher_is_better, strategy=strategy, seed=seed, n_trials=n_trials,
                 deadline=deadline, log=log, pruner=space.pruner,
                 rung_resources=rung_resources(space, space.pruner) if space.pruner is not None else None)
+    plan = prepare_plan(plan, study, store)  # gradient: the space with learned per-layer sparsity maps
     first_seed = seed + 7919 * len(study.get_trials(deepcopy=False))  # a resumed study samples anew
     if workers == 1:
         counts = _run_here(plan, store, first_seed)
