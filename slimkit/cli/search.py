@@ -3,7 +3,7 @@
 Two modes:
 
 * a space: ``slimkit search --model M --space space.yaml --out DIR [--objectives quality,bytes]
-  [--constraint "quality_drop<=2%"] [--n-trials N] [--budget-min T] [--strategy tpe|nsga2|random]
+  [--constraint "quality_drop<=2%"] [--n-trials N] [--budget-min T] [--strategy tpe|nsga2|random|evolution|rl|gradient]
   [--storage URL] [--workers N]``;
 * a goal (no YAML): ``slimkit search --model M --goal "quality_drop<=2%" --minimize bytes|latency --out DIR``
   searches the built-in space of the model's task (:mod:`slimkit.search.recipes.builtin`) for the
@@ -41,7 +41,8 @@ def add_search_parser(sub: Any, add_data_options: Any) -> None:
     p.add_argument("--objectives", default="quality,bytes",
                    help="space mode: comma-separated objectives, the first ranks 'best' (default quality,bytes)")
     p.add_argument("--constraint", action="append", default=[], help="space mode: like --goal (repeatable)")
-    p.add_argument("--strategy", default="tpe", choices=["tpe", "nsga2", "random"], help="sampler (default tpe)")
+    p.add_argument("--strategy", default="tpe", choices=["tpe", "nsga2", "random", "evolution", "rl", "gradient"],
+                   help="sampler (default tpe); gradient learns per-layer sparsity maps of the space's prune step first")
     p.add_argument("--n-trials", type=int, help="total trials of the study (a resumed study continues up to it)")
     p.add_argument("--budget-min", type=float, help="minutes of this run; no trial starts after it")
     p.add_argument("--storage", help="an Optuna storage URL (postgresql://... for many machines); default: a journal "
