@@ -349,6 +349,9 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=8, help="held-out chunks of 256 test tokens")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="ignore the results cache")
+    parser.add_argument("--merge", nargs="+", default=[], help="results caches of other runs (e.g. rows run in a "
+                        "second process with another --out) whose rows are added to this one's cache first")
+    parser.add_argument("--doc-only", action="store_true", help="write the doc from the cache, run nothing")
     parser.add_argument("--out", default="docs/benchmarks/search.md")
     args = parser.parse_args()
     if args.quick:
@@ -358,6 +361,13 @@ def main() -> None:
     cache_path = Path(args.out).with_suffix(".json")
     results: dict[str, Any] = {} if args.fresh or not cache_path.exists() else json.loads(cache_path.read_text())
     results = results.get("rows", {}) if "rows" in results else results
+    for other in args.merge:
+        results.update(json.loads(Path(other).read_text())["rows"])
+    if args.merge:
+        cache_path.write_text(json.dumps({"rows": results}, indent=1, default=str))
+    if args.doc_only:
+        write(args, results, os.getloadavg())
+        return
     todo = args.rows or [r for r in ROWS if r not in results]
     unknown = sorted(set(todo) - set(ROWS))
     if unknown:
