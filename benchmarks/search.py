@@ -418,8 +418,10 @@ def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float,
 
 NOTES = """## Notes
 
-* Every row of a group is at exactly the same budget (the budget check column): the searched prune rows keep the
-  uniform step's Linear nonzeros, the searched drop row keeps 22 blocks. ``× uniform`` divides by the group's
+* The budget check column is measured on each row's model: the searched prune rows keep the uniform step's Linear
+  nonzeros exactly, the searched drop row keeps 22 blocks, the searched quantize rows keep their start's exact cost.
+  OWL's allocation (λ band, weighted mean exactly the target) rounds each layer's count on its own, so its total can
+  differ from uniform's by a few weights per layer (shown in the column). ``× uniform`` divides by the group's
   reference row (uniform SparseGPT, block influence, uniform 3-bit, uniform 4-bit).
 * ``q3``: slimkit stores 3-bit codes two per byte, exactly like 4-bit codes, so a uniform 3-bit checkpoint is as
   large as a 4-bit one. The search at the *stored* budget would simply move every layer to 4 bits for free; the
