@@ -42,6 +42,9 @@ from slimkit.export.ort_model import OrtModel, onnx_size_bytes
 from slimkit.measure.latency import runtime_name
 from slimkit.zoo.photos import photo_names
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import deploy_openvino as ovpeer  # noqa: E402 - benchmarks/ is not a package
+
 ROOT = Path(__file__).resolve().parent.parent
 LLM_SCRIPTS = {"deploy_llm": ("SmolLM2-135M in ONNX Runtime", ROOT / "docs/benchmarks/deploy_llm.md"),
                "deploy_gguf": ("SmolLM2-135M in llama.cpp", ROOT / "docs/benchmarks/deploy_gguf.md")}
@@ -84,6 +87,29 @@ def quiet_threads(model: OrtModel) -> OrtModel:
     return model
 
 
+OV_FP32 = "peer: OpenVINO fp32 (slimkit's fp32 ONNX export)"
+NNCF_INT8 = "peer: NNCF quantize int8 -> OpenVINO (same calib)"
+
+
+def openvino_rows(rows: dict[str, Variant], failed: dict[str, str], skipped: dict[str, str], fp32_path: Path,
+                  calib: list[Any], transformer: bool, tmp: Path, threads: int) -> None:
+    """OpenVINO fp32 and NNCF int8 (``nncf.quantize`` on the same calibration batches) of slimkit's
+    fp32 ONNX export; skipped with the reason when openvino / nncf are not installed."""
+    reason = ovpeer.missing_reason()
+    if reason is not None:
+        skipped[OV_FP32] = skipped[NNCF_INT8] = reason
+        return
+    try_add(rows, failed, OV_FP32, lambda: Variant(ovpeer.OvModel(fp32_path, threads), "OpenVINO CPU",
+                                                   onnx_size_bytes(fp32_path)))
+
+    def int8() -> Variant:
+        xml = tmp / f"nncf_{fp32_path.parent.name}.xml"
+        return Variant(ovpeer.OvModel(ovpeer.nncf_int8(fp32_path, calib, transformer, xml), threads),
+                       "OpenVINO CPU", ovpeer.ir_bytes(xml))
+
+    try_add(rows, failed, NNCF_INT8, int8)
+
+
 def compress(model: nn.Module, steps: list[dict], **data: Any) -> tuple[nn.Module, Any]:
     res = sk.compress(model, {"steps": steps}, progress=False, measure=False, **data)
     return res.model, res.report
@@ -100,9 +126,12 @@ def try_add(rows: dict[str, Variant], failed: dict[str, str], label: str, build:
         print(f"{label}: FAILED\n{traceback.format_exc()}", file=sys.stderr, flush=True)
 
 
-def footer(rows: dict, failed: dict[str, str], pruned_note: str) -> list[str]:
-    """Lines under a table: each row's note (with ``pruned_note``), then the variants that failed."""
+def footer(rows: dict, failed: dict[str, str], pruned_note: str, skipped: dict[str, str] | None = None) -> list[str]:
+    """Lines under a table: each row's note (with ``pruned_note``), the rows skipped (and why), then the
+    variants that failed."""
     lines: list[str] = []
+    if skipped:
+        lines += ["", "Skipped (no row): " + "; ".join(f"{k}: {v}" for k, v in skipped.items())]
     notes = [f"{k}: {v.note}" for k, v in rows.items() if v.note]
     if notes:
         lines += ["", "Notes: " + "; ".join(notes) + f" ({pruned_note})."]
@@ -157,6 +186,8 @@ def minilm_section(args: argparse.Namespace, tmp: Path) -> list[str]:
         return ort_variant(out, out, t)
 
     try_add(rows, failed, "peer: ORT quantize_dynamic per-channel on the fp32 export", peer)
+    skipped: dict[str, str] = {}
+    openvino_rows(rows, failed, skipped, fp32_path, calib, True, tmp, t)
     int8_recipes = {
         "slimkit dynamic_int8 (per-token)": [{"quantize": {"method": "dynamic_int8"}}],
         "slimkit smoothquant α=0.5 (per-token)": [{"quantize": {"method": "smoothquant", "alpha": 0.5,
@@ -198,7 +229,7 @@ def minilm_section(args: argparse.Namespace, tmp: Path) -> list[str]:
     lines = table(rows, times, quality, "mean cosine | min cosine", "torch fp32 eager", "ORT fp32 (slimkit export)")
     lines += minilm_targets(rows, times, mins)
     lines += footer(rows, failed, "no recovery distillation here: the pruned row's cosine is before recovery, "
-                    "see docs/benchmarks/prune.md for recovered quality")
+                    "see docs/benchmarks/prune.md for recovered quality", skipped)
     head = [f"{len(held) * 32} held-out Shakespeare lines for cosine (mean-pooled embeddings vs torch fp32); "
             f"latency on one batch of 32 × 128 tokens, {args.rounds} round-robin rounds; calibration (static / "
             "SmoothQuant / pruning importance): 128 train-split lines.", ""]
@@ -275,6 +306,8 @@ def mobilenet_section(args: argparse.Namespace, tmp: Path) -> list[str]:
         return ort_variant(out, out, t)
 
     try_add(rows, failed, "peer: ORT quantize_static QDQ per-channel (minmax, same calib photos)", peer)
+    skipped: dict[str, str] = {}
+    openvino_rows(rows, failed, skipped, fp32_path, calib, False, tmp, t)
 
     def pruned() -> Variant:
         example = calib[0]
@@ -295,7 +328,7 @@ def mobilenet_section(args: argparse.Namespace, tmp: Path) -> list[str]:
                   "ORT fp32 (slimkit export)")
     lines += mobilenet_targets(rows, times, top1)
     lines += footer(rows, failed, "pruned row without recovery training: its agreement is before recovery, "
-                    "see docs/benchmarks/prune.md")
+                    "see docs/benchmarks/prune.md", skipped)
     head = [f"Batch of {len(held[0])} crops of the held-out `test` photos, {args.rounds} round-robin rounds; "
             f"agreement with torch fp32 on all {sum(len(b) for b in held)} test crops; calibration "
             f"{sum(len(b) for b in calib)} crops of the {n_calib} `calib` photos (split by photo).", ""]

@@ -220,6 +220,27 @@ TORCH_INT4 = "slimkit GPTQ int4 g32, torch (slimkit layers)"
 ORT_INT4 = "slimkit GPTQ int4 g32 -> ORT MatMulNBits"
 PEER_INT4 = "onnxruntime-genai builder int4 (RTN), same ORT loop"
 PEER_GEN = "onnxruntime-genai builder int4 (RTN), its og.Generator"
+PEER_MNBQ = "peer: ORT MatMulNBitsQuantizer int4 (RTN, block 32) on slimkit's fp32 export"
+OV_INT4 = "peer: NNCF compress_weights int4_asym g32 (RTN) -> OpenVINO"
+
+
+def matmul_nbits_quantizer(fp32: Path, out: Path) -> Path:
+    """``onnxruntime.quantization``'s own weight-only int4 (``MatMulNBitsQuantizer``, its default
+    round-to-nearest ``DefaultWeightOnlyQuantConfig``: asymmetric, MatMul nodes only) with block 32 and
+    accuracy_level 4 (as slimkit's export and the builder ship), on slimkit's fp32 decoder export."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)  # a line per node
+    path = out / "model.onnx"
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        quant = MatMulNBitsQuantizer(onnx.load(str(fp32)), bits=4, block_size=32, accuracy_level=4)
+        quant.process()
+        quant.model.save_model_to_file(str(path), use_external_data_format=True)
+    return path
 
 
 def load_avg() -> str:
@@ -237,6 +258,11 @@ def build_runners(args, model, tok, q, q8) -> dict[str, tuple[object, str]]:
         export_decoder(m, d, ExportOptions(accuracy_level=4))
         print(f"{label}: exported in {time.perf_counter() - t:.1f} s", flush=True)
         runners[label] = (OrtDecoder(d / "model.onnx"), f"{dir_mb(d):.0f}")
+    t = time.perf_counter()
+    path = matmul_nbits_quantizer(args.cache / "ort_fp32" / "model.onnx", args.cache / "ort_mnbq")
+    print(f"{PEER_MNBQ}: built in {time.perf_counter() - t:.1f} s", flush=True)
+    runners[PEER_MNBQ] = (OrtDecoder(path), f"{dir_mb(path.parent):.0f}")
+    add_openvino(args, runners)
     if args.no_peer:
         return runners
     hf_dir = args.cache / "hf_fp32"
@@ -252,6 +278,56 @@ def build_runners(args, model, tok, q, q8) -> dict[str, tuple[object, str]]:
         if precision == "int4":
             runners[PEER_GEN] = (GenaiGenerator(path.parent, args.cache / "genai_int4_2threads"), "")
     return runners
+
+
+SKIPPED: dict[str, str] = {}
+
+
+def add_openvino(args, runners: dict) -> None:
+    """NNCF ``compress_weights`` int4 of slimkit's fp32 decoder export, run by OpenVINO; skipped (with
+    the reason, under the table) when openvino / nncf are missing or cannot read the export."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import deploy_openvino as ovpeer
+
+    reason = ovpeer.missing_reason()
+    if reason is None:
+        try:
+            xml = args.cache / "ov_int4" / "model.xml"
+            xml.parent.mkdir(exist_ok=True)
+            t = time.perf_counter()
+            model = ovpeer.nncf_int4(args.cache / "ort_fp32" / "model.onnx", 32, xml)
+            print(f"{OV_INT4}: built in {time.perf_counter() - t:.1f} s", flush=True)
+            runners[OV_INT4] = (OvDecoder(ovpeer.OvModel(model, THREADS)), f"{ovpeer.ir_bytes(xml) / 1e6:.0f}")
+            return
+        except Exception as exc:  # noqa: BLE001 - the reason goes under the table
+            reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+            print(f"{OV_INT4}: FAILED {reason}", flush=True)
+    SKIPPED[OV_INT4] = reason
+
+
+class OvDecoder(OrtDecoder):
+    """The same greedy loop as :class:`OrtDecoder` on an OpenVINO compiled model (names as the ONNX file)."""
+
+    def __init__(self, ov_model) -> None:  # noqa: ANN001 - deploy_openvino.OvModel
+        self.ov = ov_model
+        self.past = {n: None for n in ov_model.input_names if n.startswith("past_key_values")}
+        self.out_names = ov_model.output_names
+        self.dtype = np.float32
+        shapes = {p.get_any_name(): p.get_partial_shape() for p in ov_model.compiled.inputs}
+        self.kv_heads = {n: shapes[n][1].get_length() for n in self.past}
+        self.head_dim = {n: shapes[n][3].get_length() for n in self.past}
+        self.takes_position_ids = "position_ids" in ov_model.input_names
+
+    def empty(self) -> dict[str, np.ndarray]:
+        return {n: np.zeros((1, self.kv_heads[n], 0, self.head_dim[n]), self.dtype) for n in self.past}
+
+    def step(self, ids: np.ndarray, past: dict[str, np.ndarray], total: int) -> tuple[np.ndarray, dict]:
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64), **past}
+        if self.takes_position_ids:
+            feed["position_ids"] = np.arange(total - ids.shape[1], total, dtype=np.int64)[None]
+        out = {k: v.numpy() for k, v in self.ov.run_named(feed).items()}
+        nxt = {n: out[n.replace("past_key_values", "present")] for n in self.past}
+        return out["logits"].astype(np.float32), nxt
 
 
 def main() -> None:
@@ -332,7 +408,10 @@ def write(rows: list[list[str]], verdicts: list[str], args, gptq_s: float | None
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines += ["", f"Load average (1/5/15 min) at the start, after the timing rounds and after each row's perplexity: {'; '.join(loads)} "
               f"({os.cpu_count()} cores, shared with other jobs): absolute times are noisy, ratios between "
-              "rows of the same run are the comparable numbers.", "", "Targets (issue 10, item 3):", ""]
+              "rows of the same run are the comparable numbers.", ""]
+    if SKIPPED:
+        lines += ["Skipped (no row): " + "; ".join(f"{k}: {v}" for k, v in SKIPPED.items()), ""]
+    lines += ["Targets (issue 10, item 3):", ""]
     lines += [f"- {v}" for v in verdicts]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     old = OUT.read_text() if OUT.exists() else ""

@@ -27,7 +27,7 @@ from slimkit.quantize.dynamic_int8.config import TIED_REASON
 from slimkit.quantize.dynamic_int8.core import Int8DynamicLinear
 from slimkit.quantize.observers import make_observer, observe_layers
 from slimkit.quantize.static_int8.config import StaticInt8Config
-from slimkit.quantize.static_int8.core import (FoldedBatchNorm, folded_conv, layer_sensitivity, static_layer,
+from slimkit.quantize.static_int8.core import (FoldedBatchNorm, MeanInput, folded_conv, layer_sensitivity, static_layer,
                                                weight_scale)
 from slimkit.quantize.static_int8.graph import (clamp_to_activations, conv_activation_bounds, conv_bn_pairs,
                                                 convert_region, float_modules, graph_regions, plain_state,
@@ -75,6 +75,8 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: RunContex
     if cfg.graph != "off":
         for name in _quantize_graph_regions(model, layers, cfg, calib, ctx):
             layers = {n: m for n, m in layers.items() if not (n == name or n.startswith(name + "."))}
+            if cfg.bias_correction:
+                _fallback(ctx, f"bias_correction: graph-mode region {name!r} is not corrected (graph: off corrects it)")
         if not layers:
             return model
     convs = {n: m for n, m in layers.items() if isinstance(m, nn.Conv2d)}
@@ -90,8 +92,13 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, ctx: RunContex
         layers.update(convs)
     factory = lambda: make_observer(cfg.observer, None, percentile=cfg.percentile, symmetric=False)  # noqa: E731
     seen = observe_layers(model, layers, factory, ctx.progress(calib, "calibrating"), outputs=bool(convs))
+    means: dict[str, torch.Tensor] = {}
+    if cfg.bias_correction:
+        fed = observe_layers(model, layers, MeanInput, ctx.progress(calib, "bias correction"))
+        means = {name: obs.mean() for name, (obs, _) in fed.items()}  # type: ignore[attr-defined]
+        ctx.note("bias_corrected_layers", len(means))
     built = {name: static_layer(module, weight_scale(module.weight, cfg.weight_observer, cfg.per_channel, cfg.percentile),
-                                seen[name][0], seen[name][1], bounds.get(name))
+                                seen[name][0], seen[name][1], bounds.get(name), means.get(name))
              for name, module in layers.items()}
     for name in _dynamic_layers(model, layers, built, cfg, calib, ctx):
         built[name] = Int8DynamicLinear.from_linear(layers[name], cfg.per_channel, "per_token")  # type: ignore[arg-type]

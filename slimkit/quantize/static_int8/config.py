@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from slimkit.core.config import StepConfig, check_bool, check_choice, check_int, check_range, check_str_list
+from slimkit.core.errors import ConfigError
 from slimkit.quantize.observers import OBSERVERS
 
 __all__ = ["StaticInt8Config", "STATIC_LAYER_TYPES", "GRAPH_MODES"]
@@ -43,7 +44,14 @@ class StaticInt8Config(StepConfig):
     ``auto_keep_dynamic`` layers whose static quantization alone costs the most output SQNR on the
     first ``sensitivity_batches`` calibration batches (measured, one layer at a time).
 
+    ``bias_correction: true`` adds to each per-layer int8 layer's bias the expected output shift
+    its int8 weights cause, ``(W - W_q) E[x]`` from the mean calibration input (Nagel et al.,
+    "Data-Free Quantization", 2019; NNCF's and AIMET's bias correction): on MobileNetV2 it is what
+    makes per-channel int8 weights usable after the BatchNorm fold. Graph-mode regions are not
+    corrected (``graph: on`` with it is refused; with ``auto`` the step notes which layers were).
+
     ```yaml
+    - quantize: {method: static_int8, graph: off, bias_correction: true}
     - quantize: {method: static_int8, auto_keep_dynamic: 4}
     - quantize: {method: static_int8, keep_dynamic: ["re:.*output\\.dense$"]}
     ```
@@ -63,9 +71,14 @@ class StaticInt8Config(StepConfig):
     keep_dynamic: list[str] = dataclasses.field(default_factory=list)
     auto_keep_dynamic: int = 0
     sensitivity_batches: int = 2
+    bias_correction: bool = False
 
     def validate(self) -> None:
         check_choice("graph", self.graph, GRAPH_MODES)
+        check_bool("bias_correction", self.bias_correction)
+        if self.bias_correction and self.graph == "on":
+            raise ConfigError("bias_correction = True needs per-layer int8 layers, but graph = 'on' quantizes the "
+                              "convs in graph mode without it; valid: graph 'off' or 'auto' with bias_correction")
         check_str_list("keep_dynamic", self.keep_dynamic)
         check_int("auto_keep_dynamic", self.auto_keep_dynamic, 0, 10_000)
         check_int("sensitivity_batches", self.sensitivity_batches, 1, 10_000)

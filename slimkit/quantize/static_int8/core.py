@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.core.errors import UnsupportedModelError
+from slimkit.core.errors import DataError, UnsupportedModelError
 from slimkit.core.inputs import call_model
 from slimkit.io.edits import register_module_kind, replace_module
 from slimkit.quantize.observers import Observer, make_observer, qparams
 
 __all__ = ["Int8StaticLinear", "Int8StaticConv2d", "FoldedBatchNorm", "fold_batchnorm", "quantize_weight",
-           "weight_scale", "folded_conv", "static_layer", "layer_sensitivity", "int8_runtime"]
+           "weight_scale", "folded_conv", "static_layer", "layer_sensitivity", "int8_runtime", "MeanInput",
+           "bias_correction"]
 
 
 def int8_runtime(kernel: str, device: torch.device) -> str:
@@ -143,15 +144,17 @@ class Int8StaticLinear(_LazyPacked):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, weight_scale: torch.Tensor,
-                    input_qparams: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor | None = None) -> "Int8StaticLinear":
-        """From ``linear`` (or its replacement ``weight``), a weight scale and uint8 input (scale, zero point)."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, weight_scale.numel() > 1)
+                    input_qparams: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor | None = None,
+                    bias: torch.Tensor | None = None) -> "Int8StaticLinear":
+        """From ``linear`` (or its replacement ``weight`` / ``bias``), a weight scale and uint8 input (scale, zero point)."""
+        bias = linear.bias if bias is None else bias
+        layer = cls(linear.in_features, linear.out_features, bias is not None, weight_scale.numel() > 1)
         layer.weight_int8.copy_(quantize_weight(linear.weight if weight is None else weight, weight_scale))
         layer.weight_scale.copy_(weight_scale)
         layer.input_scale.copy_(input_qparams[0].reshape(1))
         layer.input_zero_point.copy_(input_qparams[1].reshape(1))
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach().float())
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach().float())
         return layer
 
     def spec(self) -> dict[str, Any]:
@@ -296,19 +299,84 @@ def folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return folded
 
 
+class MeanInput:
+    """Running mean of a layer's calibration inputs, for :func:`bias_correction`.
+
+    Linear: the mean over every token ``[in_features]``. Conv2d: the mean image over the batch
+    ``[C, H, W]`` (so the correction sees the zero padding at the borders, as the conv does); if
+    calibration images differ in size it falls back to the per-channel mean ``[C, 1, 1]``.
+    ``update`` has the ``Observer`` interface so :func:`observe_layers` can feed it.
+    """
+
+    def __init__(self) -> None:
+        self.label: str | None = None
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float()
+        if x.dim() == 4:
+            m, n = x.sum(0), x.shape[0]
+            if self.total is not None and self.total.shape != m.shape:  # image sizes differ: per channel only
+                self.total = self.total.sum((1, 2), keepdim=True) / (self.total.shape[1] * self.total.shape[2])
+            if self.total is not None and self.total.shape[1:] == (1, 1):
+                m = m.mean((1, 2), keepdim=True)
+        else:
+            flat = x.reshape(-1, x.shape[-1])
+            m, n = flat.sum(0), flat.shape[0]
+        self.total = m if self.total is None else self.total + m
+        self.count += n
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - Observer protocol only
+        raise NotImplementedError
+
+    def mean(self) -> torch.Tensor:
+        if self.total is None:
+            raise DataError(f"bias correction: {self.label or 'a layer'} saw no calibration data")
+        return self.total / self.count
+
+
+def bias_correction(module: nn.Module, weight_q: torch.Tensor, mean_input: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel ``E[W x] - E[W_q x]`` over the calibration inputs (Nagel et al. 2019).
+
+    Rounding a channel's weights shifts its expected output by ``(W - W_q) E[x]``; after a
+    BatchNorm fold with a large scale (MobileNetV2's first depthwise conv) or with inputs of a
+    large mean (after a ReLU), that shift dominates the quantization error. Adding it to the bias
+    removes the systematic part; the product is linear, so the mean input gives it exactly.
+    """
+    dw = module.weight.detach().float() - weight_q
+    if isinstance(module, nn.Linear):
+        return dw @ mean_input
+    conv: nn.Conv2d = module  # type: ignore[assignment]
+    x = mean_input.unsqueeze(0)
+    if x.shape[-2:] == (1, 1):  # per-channel means only: the response inside the image (borders ignored)
+        extent = [d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)]
+        x = x.expand(1, -1, *extent)
+        return nn.functional.conv2d(x, dw, None, 1, 0, conv.dilation, conv.groups).reshape(-1)
+    y = nn.functional.conv2d(x, dw, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return y.mean((0, 2, 3))
+
+
 def static_layer(module: nn.Module, w_scale: torch.Tensor, obs_in: Observer, obs_out: Observer | None,
-                 clamp: tuple[float, float] | None = None) -> nn.Module:
+                 clamp: tuple[float, float] | None = None, mean_input: torch.Tensor | None = None) -> nn.Module:
     """The int8 layer for a calibrated Linear (input range) or Conv2d (input and output ranges).
 
     ``clamp``: the range a following ReLU / ReLU6 keeps, applied to the conv's output range.
+    ``mean_input``: the layer's mean calibration input; when given, the bias is corrected by the
+    expected output shift of the int8 weights (:func:`bias_correction`).
     """
     in_q = qparams(*obs_in.range(), symmetric=False)
+    bias = module.bias
+    if mean_input is not None:
+        wq = quantize_weight(module.weight, w_scale).float() * w_scale.reshape(-1, *([1] * (module.weight.dim() - 1)))
+        corr = bias_correction(module, wq, mean_input)
+        bias = corr if bias is None else bias.detach().float() + corr
     if isinstance(module, nn.Linear):
-        return Int8StaticLinear.from_linear(module, w_scale, in_q)
+        return Int8StaticLinear.from_linear(module, w_scale, in_q, bias=bias)
     lo, hi = obs_out.range()  # type: ignore[union-attr]
     if clamp is not None:  # a ReLU/ReLU6 follows: only [0, 6] (or [0, hi]) survives it
         lo, hi = lo.clamp(min=clamp[0]), hi.clamp(max=clamp[1])
-    return Int8StaticConv2d.from_float(module, module.weight, module.bias, w_scale, in_q,  # type: ignore[arg-type]
+    return Int8StaticConv2d.from_float(module, module.weight, bias, w_scale, in_q,  # type: ignore[arg-type]
                                        qparams(lo, hi, symmetric=False))
 
 
