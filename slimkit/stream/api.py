@@ -33,7 +33,7 @@ from slimkit.core.sequential import capture_block_inputs
 from slimkit.io.encodings import encode_tensor
 from slimkit.quantize.weight_only.sequential import StatsHook
 from slimkit.stream.activations import ActivationStore
-from slimkit.stream.memory import RssSampler, maxrss_mb
+from slimkit.stream.memory import RssSampler, maxrss_mb, release_freed_memory
 from slimkit.stream.output import StreamOutput
 from slimkit.stream.shards import ShardReader
 from slimkit.stream.skeleton import block_list, build_skeleton, empty, fill, missing_tensors, outer_names
@@ -132,6 +132,7 @@ def _run(model: nn.Module, prefix: str, blocks: nn.ModuleList, steps: list[Strea
     fill(model, outer, reader)
     reader.close()
     stores, outer_edits = _prepare(model, prefix, steps, batches, target, limit)
+    release_freed_memory()
     setup_rss = sampler.window()
     block_edits: list[list[dict[str, Any]]] = target.progress["edits"] or [[] for _ in steps]
     for i in range(target.done, len(blocks)):
@@ -199,6 +200,8 @@ def _block(model: nn.Module, prefix: str, i: int, steps: list[StreamStep], store
     tensors, encodings = _encode(model.get_submodule(name).state_dict(prefix=name + "."))
     target.write_shard(i, tensors, encodings)
     empty(model.get_submodule(name))
+    del tensors
+    release_freed_memory()
     return in_bytes
 
 

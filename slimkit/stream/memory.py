@@ -9,12 +9,13 @@ start, make it the peak since that reset).
 """
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 import threading
 from typing import Any
 
-__all__ = ["RssSampler", "rss_mb", "maxrss_mb"]
+__all__ = ["RssSampler", "rss_mb", "maxrss_mb", "release_freed_memory"]
 
 
 def rss_mb() -> float:
@@ -33,6 +34,27 @@ def maxrss_mb() -> float:
     """``getrusage(RUSAGE_SELF).ru_maxrss`` in MiB."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free pages back to the kernel (glibc ``malloc_trim``; a no-op elsewhere).
+
+    glibc raises its mmap threshold after large blocks are freed, so later weight-sized
+    allocations come from the heap, and freeing them leaves that memory resident: streaming
+    would keep the largest freed blocks (the fp32 embedding, the quantizer's temporaries) counted
+    in its RSS for the whole run unless the heap is trimmed after each phase.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC: Any = None
 
 
 class RssSampler:
