@@ -41,6 +41,7 @@ LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 .PHONY: deploy-setup
 deploy-setup: setup
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" $(PIP) install --no-binary llama-cpp-python $(LLAMA_CPP_PYTHON)
+	$(PIP) install --no-deps nncf==3.4.0 openvino==2026.4.1 openvino-telemetry==2025.2.0 pydot==4.0.1 tabulate==0.10.0
 
 clean:
 	rm -rf $(VENV) slimkit-demo .pytest_cache

@@ -1,6 +1,6 @@
 """OpenVINO / NNCF peer rows for ``benchmarks/deploy.py`` and ``benchmarks/deploy_llm.py``.
 
-NNCF and OpenVINO are not part of ``make setup`` (``make deploy-peers`` installs them with
+NNCF and OpenVINO are not part of ``make setup`` (``make deploy-setup`` installs them with
 ``--no-deps``; their remaining dependencies are already in the venv). When they are missing, the
 benchmarks skip these rows and say so under the table (:func:`missing_reason`).
 
@@ -33,11 +33,11 @@ def missing_reason() -> str | None:
     try:
         import openvino as ov
     except ImportError as exc:
-        return f"openvino is not installed (`make deploy-peers`): {exc}"
+        return f"openvino is not installed (`make deploy-setup`): {exc}"
     try:
         import nncf  # noqa: F401
     except ImportError as exc:
-        return f"nncf is not installed (`make deploy-peers`): {exc}"
+        return f"nncf is not installed (`make deploy-setup`): {exc}"
     except Exception as exc:  # noqa: BLE001 - a broken install is reported, not raised
         return f"nncf fails to import: {type(exc).__name__}: {exc}"
     if "CPU" not in ov.Core().available_devices:
