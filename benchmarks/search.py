@@ -316,8 +316,8 @@ def details(results: dict[str, Any]) -> str:
         if "settings" in r and row.endswith("search"):
             st = r["settings"]
             bits.append(f"settings: offspring {st['offspring']}, selection {st['selection']}, evolution ≤ "
-                        f"{st['search_s']:.0f} s, calibration {st['calib']} × 256 tokens, {st.get('threads', '?')} "
-                        f"torch threads")
+                        f"{st['search_s']:.0f} s, calibration {st['calib']} × 256 tokens, torch threads: "
+                        f"{st.get('threads', '?')}")
         if "fitness_uniform" in r:
             bits.append(f"KL to fp32 on the last stage's tokens: start {r['fitness_uniform']:.4f} → found "
                         f"{r['fitness_searched']:.4f}")
@@ -352,6 +352,8 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", default=[], help="results caches of other runs (e.g. rows run in a "
                         "second process with another --out) whose rows are added to this one's cache first")
     parser.add_argument("--doc-only", action="store_true", help="write the doc from the cache, run nothing")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph about this run for the doc "
+                        "(machine load, how rows were split over processes, ...); repeatable")
     parser.add_argument("--out", default="docs/benchmarks/search.md")
     args = parser.parse_args()
     if args.quick:
@@ -364,6 +366,7 @@ def main() -> None:
     for other in args.merge:
         results.update(json.loads(Path(other).read_text())["rows"])
     if args.merge:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_text(json.dumps({"rows": results}, indent=1, default=str))
     if args.doc_only:
         write(args, results, os.getloadavg())
@@ -398,6 +401,11 @@ def main() -> None:
 
 def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float, float, float]) -> None:
     load1 = os.getloadavg()
+    if args.doc_only:  # the rows ran earlier: their load is in --note, not in this process's
+        load_text = "doc written from the results cache (--doc-only)"
+    else:
+        load_text = (f"load average (1/5/15 min) {load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} at start, "
+                     f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} at the last row")
     text = (f"# Per-layer allocation by evolutionary search (SmolLM2-135M)\n\n"
             f"Calibration: {args.calib} × 256 tokens of the Shakespeare train plays (level databases, block influence, "
             f"OWL, KL fitness); perplexity on {args.test} × 256 tokens of the held-out test plays. Search: "
@@ -408,9 +416,9 @@ def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float,
             f"seed 0; sparsity levels: ±{args.levels} × {args.level_step} around the target.\n\n"
             + table(results) + "\n\n## Targets (issue 11)\n\n" + targets(results)
             + "\n\n## Details\n\n" + details(results) + "\n\n" + NOTES
-            + f"\n\nMachine: {os.cpu_count()} CPU cores shared with other jobs; load average (1/5/15 min) "
-              f"{load0[0]:.1f}/{load0[1]:.1f}/{load0[2]:.1f} at start, {load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} "
-              f"at the last row; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+            + "".join(f"\n\n{n}" for n in args.note)
+            + f"\n\nMachine: {os.cpu_count()} CPU cores shared with other jobs; " + load_text
+            + f"; torch {torch.__version__}, torch threads: {args.threads}; "
               f"{time.strftime('%Y-%m-%d %H:%M')}.\n\n`{' '.join(sys.argv)}`\n")
     Path(args.out).write_text(text)
     print(table(results), flush=True)
