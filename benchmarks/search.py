@@ -399,6 +399,19 @@ def main() -> None:
         write(args, results, load0)
 
 
+def command_line() -> str:
+    """This process's command line, ``--note`` paragraphs left out (they are in the doc already)."""
+    argv, out, skip = sys.argv, [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        else:
+            out.append(a)
+    return " ".join(out) + (" --note ..." if "--note" in argv else "")
+
+
 def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float, float, float]) -> None:
     load1 = os.getloadavg()
     if args.doc_only:  # the rows ran earlier: their load is in --note, not in this process's
@@ -419,7 +432,7 @@ def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float,
             + "".join(f"\n\n{n}" for n in args.note)
             + f"\n\nMachine: {os.cpu_count()} CPU cores shared with other jobs; " + load_text
             + f"; torch {torch.__version__}, torch threads: {args.threads}; "
-              f"{time.strftime('%Y-%m-%d %H:%M')}.\n\n`{' '.join(sys.argv)}`\n")
+              f"{time.strftime('%Y-%m-%d %H:%M')}.\n\n`{command_line()}`\n")
     Path(args.out).write_text(text)
     print(table(results), flush=True)
 
