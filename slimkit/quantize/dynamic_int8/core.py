@@ -9,7 +9,8 @@ int32 accumulation:
   ``y = acc · s_x[row] · s_w[col]``. Per-token scales keep LLM activation outliers from crushing
   the resolution of every other token (SmolLM2 perplexity: ×1.49 with one scale per batch).
 * ``activations="per_tensor"``: fbgemm's ``quantized::linear_dynamic`` (one uint8 min/max range
-  per call), with ``reduce_range=False``, safe on CPUs with VNNI (no int16 saturation).
+  per call), with ``reduce_range=False`` on CPUs with VNNI and ``True`` where fbgemm's uint8 x int8
+  pairs saturate int16 (x86 without VNNI, see :mod:`slimkit.quantize.fbgemm`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from slimkit.io.edits import register_module_kind
+from slimkit.quantize.fbgemm import fbgemm_u8s8_exact
 from slimkit.quantize.static_int8.core import int8_runtime
 
 __all__ = ["quantize_per_channel", "Int8DynamicLinear"]
@@ -58,7 +60,10 @@ class Int8DynamicLinear(nn.Module):
     @property
     def slimkit_runtime(self) -> str:
         """The integer kernel where the weights are on the CPU, else the dequantized float path."""
-        return int8_runtime(_RUNTIMES[self.activations], self.weight_int8.device)
+        kernel = _RUNTIMES[self.activations]
+        if self.activations == "per_tensor" and not fbgemm_u8s8_exact():
+            kernel += " with reduce_range (7-bit activations: this CPU's uint8 x int8 kernel saturates, no VNNI)"
+        return int8_runtime(kernel, self.weight_int8.device)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, per_channel: bool = True, activations: str = "per_token") -> "Int8DynamicLinear":
@@ -132,7 +137,8 @@ class Int8DynamicLinear(nn.Module):
         if self.activations == "per_token":
             out = self._per_token(x2)
         else:
-            out = torch.ops.quantized.linear_dynamic(x2, self._packed, False)
+            # reduce_range (7-bit activations) only where fbgemm's uint8 x int8 pairs saturate (no VNNI)
+            out = torch.ops.quantized.linear_dynamic(x2, self._packed, not fbgemm_u8s8_exact())
         return out.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def _per_token(self, x2: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from slimkit.io.edits import register_module_kind
-from slimkit.quantize.static_int8.core import Int8StaticLinear, quantize_weight
+from slimkit.quantize.static_int8.core import Int8StaticLinear, int8_runtime, quantize_weight
 
 __all__ = ["smoothing_factors", "SmoothQuantLinear"]
 
@@ -83,7 +83,13 @@ class SmoothQuantLinear(Int8StaticLinear):
 
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         packed, scale, zero, inv_smooth = self.packed()
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x2 * inv_smooth, scale, zero, packed)
+        return self._qlinear(x2 * inv_smooth, scale, zero, packed)
+
+    @property
+    def slimkit_runtime(self) -> str:
+        if self.activations == "static":
+            return super().slimkit_runtime
+        return int8_runtime(self.kernel, self.weight_int8.device)  # _int_mm: exact on every x86 CPU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activations == "static" or x.device.type != "cpu":

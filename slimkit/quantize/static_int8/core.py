@@ -27,6 +27,7 @@ from torch import nn
 from slimkit.core.errors import DataError, UnsupportedModelError
 from slimkit.core.inputs import call_model
 from slimkit.io.edits import register_module_kind, replace_module
+from slimkit.quantize.fbgemm import EMULATED, fbgemm_u8s8_exact
 from slimkit.quantize.observers import Observer, make_observer, qparams
 
 __all__ = ["Int8StaticLinear", "Int8StaticConv2d", "FoldedBatchNorm", "fold_batchnorm", "quantize_weight",
@@ -91,6 +92,8 @@ class _LazyPacked(nn.Module):
 
     @property
     def slimkit_runtime(self) -> str:
+        if self.weight_int8.device.type == "cpu" and not fbgemm_u8s8_exact():
+            return EMULATED
         return int8_runtime(self.kernel, self.weight_int8.device)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
@@ -183,7 +186,15 @@ class Int8StaticLinear(_LazyPacked):
 
     def _fbgemm(self, x2: torch.Tensor) -> torch.Tensor:
         packed, scale, zero = self.packed()
-        return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x2, scale, zero, packed)
+        return self._qlinear(x2, scale, zero, packed)
+
+    def _qlinear(self, x2: torch.Tensor, scale: float, zero: int, packed: Any) -> torch.Tensor:
+        """uint8(x2; scale, zero) x int8 weight + bias -> fp32: fbgemm's integer kernel, or where it
+        saturates (no VNNI) the same integer math in float32 (the runtime label says which)."""
+        if fbgemm_u8s8_exact():
+            return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x2, scale, zero, packed)
+        xq = torch.fake_quantize_per_tensor_affine(x2, scale, zero, 0, 255)
+        return nn.functional.linear(xq, Int8StaticLinear.dequantized_weight(self), self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":  # no int8 kernel: dequantized weights (reported by the runtime name)
@@ -269,12 +280,23 @@ class Int8StaticConv2d(_LazyPacked):
         if x.device.type != "cpu":
             return nn.functional.conv2d(x, self.dequantized_weight().to(x), self.bias.to(x), self.stride,
                                         self.padding, self.dilation, self.groups)
+        if not fbgemm_u8s8_exact():  # the same integer math in float32 (reported by the runtime name)
+            return self._emulated(x)
         packed, in_scale, in_zero, out_scale, out_zero = self.packed()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             qx = torch.quantize_per_tensor(x.float().contiguous(), in_scale, in_zero, torch.quint8)
             qy = torch.ops.quantized.conv2d(qx, packed, out_scale, out_zero)
             return qy.dequantize().to(x.dtype)
+
+    def _emulated(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 input -> exact conv of the integer values -> uint8 output, in float32."""
+        xq = torch.fake_quantize_per_tensor_affine(x.float(), float(self.input_scale), int(self.input_zero_point),
+                                                   0, 255)
+        y = nn.functional.conv2d(xq, self.dequantized_weight(), self.bias, self.stride, self.padding, self.dilation,
+                                 self.groups)
+        return torch.fake_quantize_per_tensor_affine(y, float(self.output_scale), int(self.output_zero_point),
+                                                     0, 255).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -38,6 +38,7 @@ from slimkit.core.fxtrace import trace_graph
 from slimkit.core.inputs import run_with_hooks
 from slimkit.io.edits import register_edit_op, register_module_kind, replace_module
 from slimkit.quantize.observers import make_observer, qparams
+from slimkit.quantize.fbgemm import EMULATED, fbgemm_u8s8_exact
 from slimkit.quantize.static_int8.core import _LazyPacked
 
 __all__ = ["AoObserver", "QConv2dInt8", "QLinearInt8", "graph_regions", "prepare_region", "convert_region",
@@ -328,6 +329,22 @@ class _QLayer(_LazyPacked):
     def _pack(self, qweight: torch.Tensor) -> Any:  # type: ignore[override]  # pragma: no cover - abstract
         raise NotImplementedError
 
+    kernel_label: str = ""
+
+    @property
+    def slimkit_runtime(self) -> str:  # type: ignore[override]
+        return self.kernel_label if fbgemm_u8s8_exact() else EMULATED
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self.weight_int8.float() * self.weight_scale.reshape(-1, *([1] * (self.weight_int8.dim() - 1)))
+
+    def _emulated(self, qx: torch.Tensor, op: Any) -> torch.Tensor:
+        """quint8 in -> the layer's integer math in float32 -> quint8 out (where fbgemm saturates, no VNNI)."""
+        y = op(qx.dequantize(), self.dequantized_weight(), self.bias)
+        if self.relu:
+            y = torch.relu(y)
+        return torch.quantize_per_tensor(y, float(self.output_scale), int(self.output_zero_point), torch.quint8)
+
 
 _CONV_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
 
@@ -336,7 +353,7 @@ _CONV_KEYS = ("in_channels", "out_channels", "kernel_size", "stride", "padding",
 class QConv2dInt8(_QLayer):
     """``quantized::conv2d`` (``conv2d_relu`` when a ReLU was fused) from quint8 to quint8."""
 
-    slimkit_runtime = "torch int8 (fbgemm/x86 quantized::conv2d, int8 activations chained)"
+    kernel_label = "torch int8 (fbgemm/x86 quantized::conv2d, int8 activations chained)"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: tuple[int, int], stride: tuple[int, int],
                  padding: tuple[int, int], dilation: tuple[int, int], groups: int, per_channel: bool = True,
@@ -370,6 +387,9 @@ class QConv2dInt8(_QLayer):
                                                   list(self.padding), list(self.dilation), self.groups)
 
     def forward(self, qx: torch.Tensor) -> torch.Tensor:
+        if not fbgemm_u8s8_exact():
+            return self._emulated(qx, lambda x, w, b: nn.functional.conv2d(x, w, b, self.stride, self.padding,
+                                                                           self.dilation, self.groups))
         op = torch.ops.quantized.conv2d_relu if self.relu else torch.ops.quantized.conv2d
         return op(qx, self.packed(), float(self.output_scale), int(self.output_zero_point))
 
@@ -382,7 +402,7 @@ class QConv2dInt8(_QLayer):
 class QLinearInt8(_QLayer):
     """``quantized::linear`` (``linear_relu`` when fused) from quint8 to quint8."""
 
-    slimkit_runtime = "torch int8 (fbgemm quantized::linear, int8 activations chained)"
+    kernel_label = "torch int8 (fbgemm quantized::linear, int8 activations chained)"
 
     def __init__(self, in_features: int, out_features: int, per_channel: bool = True, relu: bool = False) -> None:
         super().__init__()
@@ -408,6 +428,8 @@ class QLinearInt8(_QLayer):
         return torch.ops.quantized.linear_prepack(qweight, self.bias.detach().float())
 
     def forward(self, qx: torch.Tensor) -> torch.Tensor:
+        if not fbgemm_u8s8_exact():
+            return self._emulated(qx, nn.functional.linear)
         op = torch.ops.quantized.linear_relu if self.relu else torch.ops.quantized.linear
         return op(qx, self.packed(), float(self.output_scale), int(self.output_zero_point))
 
