@@ -16,6 +16,12 @@ from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLi
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from slimkit.export.ort_int8 import ort_u8s8_exact  # noqa: E402
+
+SATURATING_ORT = pytest.mark.skipif(
+    not ort_u8s8_exact(), reason="ONNX Runtime's uint8 x int8 GEMM saturates int16 pairs on this CPU (x86 without "
+    "VNNI), so its int8 outputs cannot match slimkit's exact integer math")
+
 VOCAB, LAYERS, KV_HEADS, HEAD_DIM = 100, 2, 1, 16
 
 
@@ -175,6 +181,7 @@ def _dynamic_int8(model: torch.nn.Module, **cfg) -> torch.nn.Module:
     return sk.compress(model, recipe, progress=False).model
 
 
+@SATURATING_ORT
 @pytest.mark.parametrize("cfg", [{}, {"quantize_tied": True}, {"activations": "per_tensor", "per_channel": False}])
 def test_dynamic_int8_logits_and_greedy_tokens_match_torch(make_llama, tmp_path, cfg):
     """Int8DynamicLinear -> MatMulIntegerToFloat with slimkit's own int8 weights and activation

@@ -23,6 +23,11 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
 from slimkit.export.ort_model import OrtModel, onnx_size_bytes  # noqa: E402
+from slimkit.export.ort_int8 import ort_u8s8_exact  # noqa: E402
+
+SATURATING_ORT = pytest.mark.skipif(
+    not ort_u8s8_exact(), reason="ONNX Runtime's uint8 x int8 GEMM saturates int16 pairs on this CPU (x86 without "
+    "VNNI), so its int8 outputs cannot match slimkit's exact integer math")
 
 
 def compress(model: nn.Module, step: dict, **kw) -> nn.Module:  # noqa: ANN003
@@ -67,7 +72,8 @@ def test_bert_fp32_respects_padding_and_dynamic_int8_matches(make_bert, tmp_path
         qref = q(**batch).last_hidden_state
         qgot = OrtModel(qpath)(batch).last_hidden_state  # a dict positional, as evaluators call it
     # same per-token int8 codes as slimkit's layer: ORT sits far closer to slimkit's int8 model than fp32 does
-    assert float((qgot - qref).abs().max()) < 0.05 * float((qref - ref).abs().max())
+    # (where ORT's uint8 x int8 GEMM saturates, x86 without VNNI, its outputs are not comparable)
+    assert not ort_u8s8_exact() or float((qgot - qref).abs().max()) < 0.05 * float((qref - ref).abs().max())
     inits = {i.name: i for i in onnx.load(str(qpath)).graph.initializer}
     int8 = [n for n, i in inits.items() if i.data_type == onnx.TensorProto.INT8]
     assert len(int8) == 12 and all(n.endswith("weight_t") for n in int8)  # slimkit's int8 codes, no float copies
@@ -240,6 +246,7 @@ def test_overwrite_rules(make_mlp, tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------- dynamic int8 lowering
+@SATURATING_ORT
 @pytest.mark.parametrize("activations", ["per_token", "per_tensor"])
 def test_dynamic_int8_runs_uint8_integer_gemm_equal_to_slimkit(make_mlp, tmp_path, activations) -> None:
     """Per-token int8 codes go to ORT as uint8 ``q + 128`` (zero point 128) through one per-row
