@@ -131,7 +131,7 @@ def _gptq(label: str, cfg: Any, ctx: RunContext, _n: int) -> StreamStep:
     from slimkit.quantize.weight_only.layer import WeightOnlyLinear
 
     def apply(model: nn.Module, name: str, linear: nn.Module, hess: Any) -> None:
-        codes = gptq_quantize(linear.weight, hess.hessian(), cfg.bits, cfg.group_size, cfg.symmetric,
+        codes = gptq_quantize(linear.weight, hess.take(), cfg.bits, cfg.group_size, cfg.symmetric,
                               cfg.damp, cfg.act_order, cfg.block_size, cfg.clip_search)
         with torch.no_grad():
             install(model, name, WeightOnlyLinear.from_weight(linear.weight, linear.bias, cfg.bits, cfg.group_size,

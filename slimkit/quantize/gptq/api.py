@@ -20,7 +20,7 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, ctx: RunContext) -> nn.Modu
     """GPTQ every selected Linear, one decoder block at a time (inputs from the already-quantized prefix)."""
 
     def make_layer(_name: str, linear: nn.Linear, hess: HessianAccumulator, bits: int) -> WeightOnlyLinear:
-        codes = gptq_quantize(linear.weight, hess.hessian(), bits, cfg.group_size, cfg.symmetric,
+        codes = gptq_quantize(linear.weight, hess.take(), bits, cfg.group_size, cfg.symmetric,
                               cfg.damp, cfg.act_order, cfg.block_size, cfg.clip_search)
         with torch.no_grad():
             return WeightOnlyLinear.from_weight(linear.weight, linear.bias, bits, cfg.group_size,

@@ -30,19 +30,29 @@ class HessianAccumulator:
         self.n += x.shape[0]
 
     def hessian(self) -> torch.Tensor:
-        return (2.0 / max(self.n, 1)) * self.h.float()
+        return self.h.float().mul_(2.0 / max(self.n, 1))
+
+    def take(self) -> torch.Tensor:
+        """:meth:`hessian`, dropping the float64 running total (the caller's last use: on a 7B
+        ``down_proj`` the total alone is 0.97 GB)."""
+        h = self.hessian()
+        self.h = torch.empty(0, dtype=torch.float64)
+        return h
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
     """Upper Cholesky factor of ``(H + λI)^-1`` with ``λ = damp · mean(diag H)`` (retried stronger if needed)."""
-    k = h.shape[0]
     mean_diag = torch.mean(torch.diag(h)).clamp_min(1e-8)
     for extra in (1.0, 10.0, 100.0):
-        hd = h + torch.eye(k) * (damp * extra * mean_diag)
-        l, info = torch.linalg.cholesky_ex(hd.double())
+        hd = h.double()  # same values as (h + λI) in float32 then widened: only the diagonal changes
+        hd.diagonal().copy_(torch.diagonal(h) + damp * extra * mean_diag)
+        l, info = torch.linalg.cholesky_ex(hd)
+        del hd  # peak memory: one [K, K] float64 matrix fewer (K = 11008 on a 7B down_proj: 0.97 GB)
         if int(info) == 0:
             inv = torch.cholesky_inverse(l)
+            del l
             return torch.linalg.cholesky(inv, upper=True).float()
+        del l
     raise RuntimeError("Hessian is not positive definite even with 100x damping")
 
 
@@ -79,8 +89,10 @@ def gptq_quantize(weight: torch.Tensor, h: torch.Tensor, bits: int, group_size: 
         perm = torch.argsort(torch.diag(h), descending=True)
     else:
         perm = torch.arange(k)
-    w, h = w[:, perm], h[perm][:, perm]
+    if act_order:  # the natural order needs no permuted copies of w and h
+        w, h = w[:, perm], h[perm][:, perm]
     hinv = _inverse_cholesky(h, damp)
+    del h
     codes = torch.zeros(n, k, dtype=torch.uint8)
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
