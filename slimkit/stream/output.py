@@ -67,6 +67,7 @@ class StreamOutput:
             shutil.rmtree(self.tmp)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True)
+        self._save_progress()  # from the start: a run killed before its first block is recognisably slimkit's
 
     def _resume(self) -> None:
         try:
@@ -106,6 +107,9 @@ class StreamOutput:
         self.progress["done"] += 1
         self.progress["edits"] = edits
         self.progress["blocks"].append(stats)
+        self._save_progress()
+
+    def _save_progress(self) -> None:
         path = self.work / _PROGRESS
         try:
             (self.work / "progress.tmp").write_text(json.dumps(self.progress), encoding="utf-8")
