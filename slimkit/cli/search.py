@@ -71,6 +71,7 @@ def run_search(args: argparse.Namespace) -> int:
     ref = parse_model_ref(args.model)
     if ref.kind == "onnx":
         raise ConfigError("search compresses a torch model; give a zoo name, hub id or directory, not an .onnx file")
+    _check_out(args, ref)
     model, tok, zoo_name = load_model_ref(ref)
     work = _workload(args, model, tok, zoo_name)
     if space is None:
@@ -106,6 +107,22 @@ def _mode(args: argparse.Namespace) -> tuple[str | None, list[str], list[str]]:
     if args.constraint:
         raise ConfigError("--constraint belongs to space mode; in goal mode write every limit as --goal")
     return None, [args.minimize, "quality"], list(args.goal)
+
+
+def _check_out(args: argparse.Namespace, ref: Any) -> None:
+    """Refuse ``--out`` before the model is loaded (minutes for a zoo model) when the search would
+    refuse it anyway: the input model's own directory, or a path that is not a search directory to
+    resume (or, with ``--overwrite``, not one slimkit wrote holding only its own entries). The same
+    rule as :func:`slimkit.search.recipes.files.prepare_out_dir`, which checks again when writing."""
+    from slimkit.core.errors import CheckpointError
+    from slimkit.io.outputs import check_replaceable
+    from slimkit.search.recipes.files import is_search_dir
+
+    out = Path(args.out).resolve()
+    if ref.kind in ("dir", "hfdir") and Path(ref.value).resolve() == out:
+        raise CheckpointError("--out must differ from the input model directory (the input is never touched)")
+    if args.overwrite or not is_search_dir(out):
+        check_replaceable(out, args.overwrite, "search output directory")
 
 
 def _print(result: Any, console: Any) -> None:
