@@ -375,6 +375,8 @@ def doc(results: dict[str, Any]) -> str:
         lines.append("")
         lines += SECTIONS[part](r["result"])
         lines.append("")
+        if r.get("analysis"):
+            lines += [r["analysis"], ""]
     return "\n".join(lines) + "\n"
 
 
@@ -511,6 +513,9 @@ def main() -> None:
     ap.add_argument("--text-steps", type=int, default=160, help="distillation steps of each MPNet student")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--note", default="", help="run conditions for the doc (other jobs sharing the cores ...)")
+    ap.add_argument("--annotate", nargs="*", default=[], metavar="PART=TEXT",
+                    help="store an explanation of a cached part's numbers (shown under its section); with "
+                         "--doc-only it annotates the cache without re-running the part")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     budgets = dict(DEFAULT_BUDGET_MIN)
@@ -522,6 +527,12 @@ def main() -> None:
     out = Path(args.out)
     cache = out.with_suffix(".json")
     results = json.loads(cache.read_text()) if cache.exists() else {}
+    for item in args.annotate:
+        part, _, text = item.partition("=")
+        if part not in results:
+            ap.error(f"--annotate {part!r}: no cached result for that part (cached: {sorted(results)})")
+        results[part]["analysis"] = text
+        _atomic_write(cache, json.dumps(results, indent=1, default=str))
     if not args.doc_only:
         Path(args.work).mkdir(parents=True, exist_ok=True)
         for part in args.parts:
