@@ -77,12 +77,12 @@ def write_outputs(result: SearchResult, out: Path, best_model: Any = None) -> No
             cand.recipe.to_yaml(folder / "recipe.yaml")
             (folder / "metrics.json").write_text(json.dumps(cand.metrics, indent=1) + "\n", encoding="utf-8")
     best_dir = out / "best"
+    if best_dir.exists():  # an earlier run's best model: removed only if slimkit wrote it (else refused)
+        remove_output(best_dir)
     if best_model is not None:
         from slimkit.io.checkpoint import save
 
-        save(best_model, best_dir, overwrite=True)
-    elif best_dir.exists():
-        remove_output(best_dir)  # a best model of an earlier run no longer is one
+        save(best_model, best_dir)
 
 
 def _atomic_file(path: Path, text: str) -> None:

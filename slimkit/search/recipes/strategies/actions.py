@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.core.errors import ConfigError
+
 __all__ = ["Actions", "MAX_GRID", "BINS"]
 
 MAX_GRID = 32
@@ -29,13 +31,14 @@ class Actions:
         self.dist = dist
         self.choices: list[Any] | None = None
         self.grid: list[float] | None = None
-        self.edges: list[float] | None = None
+        self.edges: list[float] = []  # bin edges; filled only for a binned range
         if isinstance(dist, CategoricalDistribution):
             self.choices = list(dist.choices)
             self.n = len(self.choices)
             return
         if not isinstance(dist, (IntDistribution, FloatDistribution)):
-            raise TypeError(f"unsupported distribution {type(dist).__name__}")
+            raise ConfigError(f"search knob distribution {type(dist).__name__} is not supported by the rl / evolution "
+                              "strategies; valid: categorical choices, int or float ranges")
         step = dist.step if not dist.log else None
         if step is not None:
             count = int(round((dist.high - dist.low) / step)) + 1
@@ -54,7 +57,6 @@ class Actions:
             return self.choices.index(value)
         if self.grid is not None:
             return int(np.argmin([abs(g - float(value)) for g in self.grid]))
-        assert self.edges is not None
         x = math.log(float(value)) if self.log else float(value)
         return min(max(bisect.bisect_right(self.edges, x) - 1, 0), self.n - 1)
 
@@ -66,7 +68,6 @@ class Actions:
             return self.choices[action]
         if self.grid is not None:
             return int(self.grid[action]) if isinstance(self.dist, IntDistribution) else float(self.grid[action])
-        assert self.edges is not None
         x = float(rng.uniform(self.edges[action], self.edges[action + 1]))
         x = math.exp(x) if self.log else x
         d = self.dist

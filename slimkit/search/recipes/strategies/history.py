@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from slimkit.core.errors import ConfigError
+
 __all__ = ["Scored", "scored_trials", "scores", "random_weights", "trial_rng", "uniform_value", "fits", "params_key",
            "INFEASIBLE_SCORE", "FAILED_SCORE"]
 
@@ -119,7 +121,8 @@ def uniform_value(dist: Any, rng: np.random.Generator) -> Any:
         if dist.log:
             return float(math.exp(rng.uniform(math.log(dist.low), math.log(dist.high))))
         return float(rng.uniform(dist.low, dist.high))
-    raise TypeError(f"unsupported distribution {type(dist).__name__}")
+    raise ConfigError(f"search knob distribution {type(dist).__name__} is not supported by this strategy; valid: "
+                      "categorical choices, int or float ranges")
 
 
 def fits(dist: Any, value: Any) -> bool:
