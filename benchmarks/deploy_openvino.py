@@ -16,7 +16,6 @@ benchmarks skip these rows and say so under the table (:func:`missing_reason`).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from slimkit.export.ort_model import OrtOutput
 
 __all__ = ["missing_reason", "OvModel", "nncf_int8", "nncf_int4", "ov_version"]
 
@@ -52,19 +53,6 @@ def ov_version() -> str:
     return f"openvino {ov.__version__.split('-')[0]}, nncf {nncf.__version__}"
 
 
-class _Output(OrderedDict):
-    """Named outputs; ``out.logits`` and ``out[0]`` both work (as ``OrtOutput``)."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    def __getitem__(self, key: Any) -> Any:
-        return list(self.values())[key] if isinstance(key, int) else super().__getitem__(key)
-
-
 class OvModel(nn.Module):
     """A model compiled by OpenVINO's CPU plugin, called like the torch model it was exported from."""
 
@@ -84,14 +72,14 @@ class OvModel(nn.Module):
         self.slimkit_runtime = f"OpenVINO {ov.__version__.split('-')[0]} CPU plugin"
         self.label = name
 
-    def run_named(self, named: Mapping[str, Any]) -> _Output:
+    def run_named(self, named: Mapping[str, Any]) -> OrtOutput:
         feed = {}
         for k in self.input_names:
             v = named[k]
             arr = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
             feed[k] = np.ascontiguousarray(arr.astype(self.input_types[k], copy=False))
         res = self.request.infer(feed)
-        return _Output((n, torch.from_numpy(np.array(res[p]))) for n, p in zip(self.output_names, self.compiled.outputs))
+        return OrtOutput((n, torch.from_numpy(np.array(res[p]))) for n, p in zip(self.output_names, self.compiled.outputs))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if len(args) == 1 and isinstance(args[0], Mapping):
