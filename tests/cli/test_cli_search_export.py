@@ -20,6 +20,7 @@ from slimkit.cli import workloads
 from slimkit.cli.main import EXIT_BAD_INPUT, main
 from slimkit.io.outputs import MARKER
 from slimkit.measure import Perplexity
+from tests.cli.test_cli_outputs import assert_user_dir_intact, one_error_line, user_dir  # noqa: F401 (fixture)
 
 SPACE_YAML = """steps:
   - prune: {method: {choice: [magnitude, none]}, sparsity: {choice: [0.3, 0.6]}}
@@ -64,27 +65,6 @@ def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(cli_models, "load_model_ref", refuse)
     return calls
-
-
-@pytest.fixture
-def user_dir(tmp_path: Path) -> Path:
-    target = tmp_path / "work"
-    (target / "data").mkdir(parents=True)
-    (target / "thesis.tex").write_text("years of work")
-    (target / "data" / "run1.csv").write_text("1,2,3")
-    return target
-
-
-def assert_user_dir_intact(target: Path) -> None:
-    assert sorted(p.name for p in target.iterdir()) == ["data", "thesis.tex"]
-    assert (target / "thesis.tex").read_text() == "years of work"
-    assert (target / "data" / "run1.csv").read_text() == "1,2,3"
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    return lines[0]
 
 
 def complete_trials(out: Path) -> list[dict]:
