@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import slimkit as sk
-from slimkit.quantize.observers import OBSERVERS, fake_quantize, make_observer, qparams
+from slimkit.quantize.observers import OBSERVERS, fake_quantize, make_observer, qparams, tail_quantile
 
 
 def test_minmax_per_tensor_and_per_channel() -> None:
@@ -91,3 +91,14 @@ def test_a_layer_calibration_never_reaches_is_named(step) -> None:
     calib = [torch.randn(4, 16) for _ in range(2)]
     with pytest.raises(sk.DataError, match=r"the input of layer 'side' saw no data"):
         sk.compress(_UnusedBranch().eval(), {"steps": [step]}, calib=calib, progress=False, measure=False)
+
+
+@pytest.mark.parametrize("q", [0.0, 1e-4, 0.001, 0.03, 0.5, 0.97, 0.999, 0.9999, 1.0])
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 100_003])
+def test_tail_quantile_equals_torch_quantile(q: float, n: int) -> None:
+    c = torch.randn(3, n, generator=torch.Generator().manual_seed(n)) ** 3  # heavy tails
+    got = tail_quantile(c, q)
+    want = torch.quantile(c, torch.tensor(q), dim=1)
+    assert got.shape == (3,)
+    # torch.quantile computes the interpolation position in float32: equal to that rounding
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
