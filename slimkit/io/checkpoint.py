@@ -186,6 +186,7 @@ def load(ckpt_dir: str | Path, *, model: nn.Module | None = None, lazy: bool = F
     state = _decode_state(manifest, raw, d / MANIFEST_FILE)
     del raw
     _load_state(net, state, assign=lazy)
+    _share_aliased_buffers(net, manifest.get("aliases", {}))
     provenance.set_base(net, manifest["base"])
     for edit in manifest.get("edits", []):
         provenance.record_edit(net, edit)
@@ -299,6 +300,17 @@ def _load_state(net: nn.Module, state: dict[str, torch.Tensor], assign: bool = F
         first = getattr(group[0][0], group[0][1])
         for module, leaf in group[1:]:
             module._parameters[leaf] = first
+
+
+def _share_aliased_buffers(net: nn.Module, aliases: dict[str, str]) -> None:
+    """Point each aliased buffer at its canonical buffer again, as it was when saved (e.g. a tied
+    embedding that reads its quantized lm_head's packed codes), so memory holds one copy and a
+    re-save writes one copy. Aliased parameters are tied by the model itself."""
+    buffers = dict(net.named_buffers(remove_duplicate=False))
+    for alias, canonical in aliases.items():
+        if alias in buffers and canonical in buffers:
+            owner, _, leaf = alias.rpartition(".")
+            net.get_submodule(owner).register_buffer(leaf, buffers[canonical])
 
 
 def _shared_parameters(net: nn.Module) -> list[list[tuple[nn.Module, str]]]:

@@ -86,9 +86,29 @@ def test_int8_head_default_makes_the_checkpoint_smaller() -> None:
     model = tiny_llama()
     default = checkpoint_bytes(rtn(model, bits=4, group_size=32).model)
     float_head = checkpoint_bytes(rtn(model, bits=4, group_size=32, lm_head=False, embeddings=False).model)
-    # the tied fp32 128x64 table becomes two int8 copies (codes + fp16 scale + uint8 zero per group of 32)
-    saving = 4 * 128 * 64 - 2 * (128 * 64 + 128 * 2 * 3)
+    # the tied fp32 128x64 table becomes one int8 table (codes + fp16 scale + uint8 zero per group of
+    # 32) that the head and the embedding share
+    saving = 4 * 128 * 64 - (128 * 64 + 128 * 2 * 3)
     assert abs((float_head - default) - saving) < 2048  # up to safetensors header / slimkit.json entries
+
+
+def test_tied_head_and_embedding_share_one_quantized_table(tmp_path) -> None:
+    model = tiny_llama()
+    q = rtn(model, bits=4, group_size=32).model
+    head, emb = q.lm_head, q.model.embed_tokens
+    for name in ("qweight", "scales", "zeros"):
+        assert getattr(emb, name) is getattr(head, name)
+    # the embedding looks up exactly the head's dequantized rows
+    ids = torch.tensor([[0, 5, 127, 64]])
+    torch.testing.assert_close(emb(ids)[0], head.dequantize()[ids[0]], rtol=0, atol=0)
+    sk.save(q, tmp_path / "a")
+    back = sk.load(tmp_path / "a")
+    assert back.model.embed_tokens.qweight is back.lm_head.qweight  # still one table after loading
+    sk.save(back, tmp_path / "b")
+    size = {d: sum(f.stat().st_size for f in (tmp_path / d).rglob("*.safetensors")) for d in ("a", "b")}
+    assert size["a"] == size["b"]
+    x = torch.randint(0, 128, (2, 8))
+    torch.testing.assert_close(back(x).logits, q(x).logits, rtol=0, atol=0)
 
 
 def test_llama_head_and_embeddings_kept_float_when_asked() -> None:

@@ -120,13 +120,15 @@ def quantize_heads(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext) -> 
     """Store the output head and the input embeddings at ``head_bits`` (round-to-nearest) unless the
     config keeps them float (``lm_head`` / ``embeddings`` false, or not covered by the selection).
 
-    A tied head and embedding become two separate ``head_bits`` copies; an embedding quantized
-    while its tied head stays float32 would save nothing, so that combination is refused (explicit
+    A tied head and embedding stay one table: the embedding reads the quantized head's packed
+    codes (:meth:`WeightOnlyEmbedding.sharing`), stored once. An embedding quantized while its
+    tied head stays float32 would save nothing, so that combination is refused (explicit
     ``embeddings: true``) or the embedding stays float32 too (the default).
     """
     heads, embs = head_and_embedding_names(model)
     bits = cfg.resolved_head_bits()
     float_heads = set()  # ids of the weights of heads that stay float32
+    quantized_heads: dict[int, WeightOnlyLinear] = {}  # id of a head's float weight -> its int layer
     for name in heads:
         lin = model.get_submodule(name)
         ok, why = _wanted(model, cfg, name, cfg.lm_head)
@@ -134,8 +136,10 @@ def quantize_heads(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext) -> 
             float_heads.add(id(lin.weight))
             ctx.skip(name, f"output head kept in float32 (lm_head: {why}); lm_head: true stores it at head_bits")
             continue
-        install(model, name, WeightOnlyLinear.from_weight(lin.weight.detach(), lin.bias, bits, cfg.group_size,
-                                                          cfg.symmetric, cfg.runtime))
+        layer = WeightOnlyLinear.from_weight(lin.weight.detach(), lin.bias, bits, cfg.group_size, cfg.symmetric,
+                                             cfg.runtime)
+        quantized_heads[id(lin.weight)] = layer
+        install(model, name, layer)
     for name in embs:
         emb = model.get_submodule(name)
         ok, why = _wanted(model, cfg, name, cfg.embeddings)
@@ -149,7 +153,9 @@ def quantize_heads(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext) -> 
             ctx.skip(name, f"input embeddings kept in float32 (embeddings: {why}); embeddings: true stores them "
                            "at head_bits")
             continue
-        install(model, name, WeightOnlyEmbedding.from_embedding(emb, bits, cfg.group_size, cfg.symmetric))
+        head = quantized_heads.get(id(emb.weight))
+        install(model, name, WeightOnlyEmbedding.sharing(head) if head is not None else
+                WeightOnlyEmbedding.from_embedding(emb, bits, cfg.group_size, cfg.symmetric))
 
 
 def reset_peak_rss() -> bool:

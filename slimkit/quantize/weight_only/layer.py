@@ -220,6 +220,20 @@ class WeightOnlyEmbedding(_PackedWeights):
         layer.set_codes(*quantize_groups(emb.weight.detach(), bits, group_size, symmetric))
         return layer
 
+    @classmethod
+    def sharing(cls, head: "WeightOnlyLinear") -> "WeightOnlyEmbedding":
+        """The input-embedding view of a quantized output head it was tied to: the same packed
+        codes, scales and zero points (one copy in memory and in the checkpoint), as the float
+        model shared one table. The head's rows are the vocabulary, its groups run along the model
+        width, which is the embedding's layout."""
+        if head.input_scale is not None:
+            raise ValueError("a head quantized with an input scale (AWQ) holds W * s, not the embedding table")
+        layer = cls(head.out_features, head.in_features, head.bits, head.group_size, head.symmetric)
+        for name in ("qweight", "scales", "zeros"):
+            if getattr(head, name, None) is not None:
+                layer.register_buffer(name, getattr(head, name))
+        return layer
+
     def spec(self) -> dict[str, Any]:
         return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim, "bits": self.bits,
                 "group_size": self.group_size, "symmetric": self.symmetric}
