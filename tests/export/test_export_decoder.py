@@ -280,3 +280,32 @@ def test_greedy_decode_refuses_bad_inputs(make_llama, make_bert, tmp_path):
     onnx_file = path if path.suffix == ".onnx" else path / "model.onnx"
     with pytest.raises(sk.DataError, match="past_key_values"):
         greedy_decode(OrtModel(onnx_file, threads=1), [1, 2], 2)
+
+
+@pytest.mark.parametrize("method", ["fp32", "gptq"])
+def test_onnxruntime_genai_generator_runs_the_export(make_llama, tmp_path, method):
+    """The decoder export carries a genai_config.json: onnxruntime-genai's own Generator (in-place KV
+    buffer, C++ loop) runs it and greedy-decodes the tokens HF generate gives for slimkit's model."""
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install .[deploy])")
+    import json
+
+    model = _compress(make_llama(seed=3), method)
+    export_decoder(model, tmp_path, ExportOptions(accuracy_level=0))
+    cfg = json.loads((tmp_path / "genai_config.json").read_text())
+    assert cfg["model"]["decoder"]["num_hidden_layers"] == LAYERS
+    assert cfg["model"]["decoder"]["num_key_value_heads"] == KV_HEADS and cfg["model"]["decoder"]["head_size"] == HEAD_DIM
+    prompt = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(8))
+    steps = 10
+    with torch.no_grad():
+        want = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=steps,
+                              min_new_tokens=steps, pad_token_id=0)[0, 7:].tolist()
+    og_model = og.Model(str(tmp_path))
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=7 + steps, min_length=7 + steps, do_sample=False)
+    gen = og.Generator(og_model, params)
+    gen.append_tokens(prompt[0].numpy().astype(np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == want
