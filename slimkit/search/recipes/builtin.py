@@ -2,7 +2,8 @@
 so a user needs no YAML. Each is an ordinary space (see :mod:`slimkit.search.recipes.knobs`).
 
 * causal LM: Wanda / SparseGPT at 20-60 % sparsity (or none), then RTN / GPTQ at 4 or 8 bits with
-  groups of 32 / 64 / 128 (or none);
+  groups of 32 / 64 / 128, or ``mixed`` 4/8-bit RTN (the most sensitive layers at 8 bits) at 18-24 %
+  of the float32 bytes (or none);
 * encoder (embedding models): structured neuron / head pruning (or none), then dynamic int8 (or none);
 * vision: structured channel pruning to 50-90 % of the MACs (or none), then static or dynamic int8 (or none).
 """
@@ -19,7 +20,9 @@ BUILTIN_SPACES: dict[str, dict[str, Any]] = {
     "causal-lm": {"steps": [
         {"prune": {"method": {"choice": ["wanda", "sparsegpt", "none"]},
                    "sparsity": {"choice": [0.2, 0.3, 0.4, 0.5, 0.6]}}},
-        {"quantize": {"method": {"choice": ["rtn", "gptq", "none"]}, "bits": {"choice": [4, 8]},
+        {"quantize": {"method": {"choice": ["rtn", "gptq", "mixed", "none"]},
+                      "bits": {"choice": [4, 8], "when": {"method": ["rtn", "gptq"]}},
+                      "target_ratio": {"choice": [0.18, 0.2, 0.22, 0.24], "when": {"method": "mixed"}},
                       "group_size": {"choice": [32, 64, 128]}}},
     ]},
     "embedding": {"steps": [
