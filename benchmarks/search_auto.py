@@ -419,8 +419,9 @@ def _steps_text(steps: list[dict[str, Any]] | None) -> str:
     parts = []
     for step in steps:
         for name, opts in step.items():
-            knobs = [f"{k} {opts[k]}" for k in ("sparsity", "bits", "group_size", "granularity", "target_macs")
-                     if k in opts]
+            shown = ("sparsity", "target_ratio" if opts.get("method") == "mixed" else "bits", "group_size",
+                     "granularity", "target_macs")  # mixed picks bits per layer: its knob is the byte budget
+            knobs = [f"{k} {opts[k]}" for k in shown if k in opts]
             parts.append(f"{name} {opts.get('method')}" + (f" ({', '.join(knobs)})" if knobs else ""))
     return " + ".join(parts)
 
