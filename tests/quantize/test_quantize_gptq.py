@@ -129,3 +129,42 @@ def test_gptq_plain_mlp_single_block() -> None:
     x = torch.randn(32, 32)
     with torch.no_grad():
         assert sqnr_db(model(x), res.model(x)) > 18.0
+
+
+def test_head_method_gptq_calibrates_the_head(make_llama) -> None:
+    """head_method: gptq fits the (tied) 4-bit head to its inputs: its output error on calibration
+    data is below round-to-nearest's, the float table is untouched and the embedding keeps its own
+    round-to-nearest copy."""
+    from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLinear
+
+    torch.manual_seed(0)
+    calib = [torch.randint(0, 100, (2, 16)) for _ in range(4)]
+    base = make_llama()
+    table = base.lm_head.weight.detach().clone()
+    out = {}
+    for method in ("rtn", "gptq"):
+        steps = [{"quantize": {"method": "gptq", "bits": 4, "group_size": 32, "head_bits": 4, "head_method": method}}]
+        out[method] = sk.compress(base, steps, calib=calib, progress=False, measure=False).model
+    torch.testing.assert_close(base.lm_head.weight, table, rtol=0, atol=0)  # the input model is not touched
+    g, r = out["gptq"], out["rtn"]
+    assert isinstance(g.lm_head, WeightOnlyLinear) and g.lm_head.bits == 4
+    assert isinstance(g.model.embed_tokens, WeightOnlyEmbedding)
+    assert g.model.embed_tokens.qweight is not g.lm_head.qweight  # GPTQ codes are the head's alone
+    assert r.model.embed_tokens.qweight is r.lm_head.qweight
+    # the embedding is the round-to-nearest table in both
+    torch.testing.assert_close(g.model.embed_tokens.dequantize(), r.lm_head.dequantize(), rtol=0, atol=0)
+    # the head's output error on the calibration inputs is lower with GPTQ
+    feats = []
+    hook = base.lm_head.register_forward_hook(lambda _m, a, _o: feats.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        for b in calib:
+            base(b)
+    hook.remove()
+    x = torch.cat(feats)
+    err = {k: ((x @ (m.lm_head.dequantize() - table).T) ** 2).mean().item() for k, m in out.items()}
+    assert err["gptq"] < 0.8 * err["rtn"]
+
+
+def test_head_method_is_validated() -> None:
+    with pytest.raises(sk.ConfigError, match="head_method"):
+        sk.compress(torch.nn.Linear(4, 4), [{"quantize": {"method": "gptq", "head_method": "awq"}}], calib=[torch.zeros(1, 4)])

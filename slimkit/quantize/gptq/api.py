@@ -27,6 +27,7 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, ctx: RunContext) -> nn.Modu
                                                 cfg.symmetric, cfg.runtime, codes=codes)
 
     done = calibrate_and_quantize(model, cfg, ctx, "quantize:gptq",
-                                  lambda _n, m: HessianAccumulator(m.in_features), make_layer)
+                                  lambda _n, m: HessianAccumulator(m.in_features), make_layer,
+                                  calibrate_heads=cfg.head_method == "gptq")
     finish_notes(model, ctx, done)
     return model

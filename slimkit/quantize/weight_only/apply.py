@@ -26,7 +26,8 @@ from slimkit.core.swap import install_layer
 from slimkit.quantize.weight_only.config import WeightOnlyConfig
 from slimkit.quantize.weight_only.layer import WeightOnlyEmbedding, WeightOnlyLinear
 
-__all__ = ["select_linears", "layer_bits", "install", "quantize_heads", "head_name", "head_and_embedding_names",
+__all__ = ["select_linears", "layer_bits", "install", "quantize_heads", "heads_to_quantize", "head_name",
+           "head_and_embedding_names",
            "reset_peak_rss", "peak_rss_mb", "finish_notes"]
 
 _UNSUPPORTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -116,12 +117,21 @@ def _bits_label(layer: nn.Module) -> str:
     return f"int{layer.bits} " + (f"g{layer.group_size}" if layer.group_size is not None else "per-channel")
 
 
-def quantize_heads(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext) -> None:
-    """Store the output head and the input embeddings at ``head_bits`` (round-to-nearest) unless the
-    config keeps them float (``lm_head`` / ``embeddings`` false, or not covered by the selection).
+def heads_to_quantize(model: nn.Module, cfg: WeightOnlyConfig) -> list[str]:
+    """The output heads ``cfg`` stores at ``head_bits`` (the others stay float32)."""
+    return [n for n in head_and_embedding_names(model)[0] if _wanted(model, cfg, n, cfg.lm_head)[0]]
+
+
+def quantize_heads(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext,
+                   calibrated: dict[str, nn.Module] | None = None) -> None:
+    """Store the output head and the input embeddings at ``head_bits`` (round-to-nearest, or the
+    ``calibrated`` layer given for a head, e.g. GPTQ's) unless the config keeps them float
+    (``lm_head`` / ``embeddings`` false, or not covered by the selection).
 
     A tied head and embedding stay one table: the embedding reads the quantized head's packed
-    codes (:meth:`WeightOnlyEmbedding.sharing`), stored once. An embedding quantized while its
+    codes (:meth:`WeightOnlyEmbedding.sharing`), stored once; a calibrated head's codes are fitted
+    to the head's outputs, not to the rows the embedding looks up, so its embedding gets its own
+    round-to-nearest table instead. An embedding quantized while its
     tied head stays float32 would save nothing, so that combination is refused (explicit
     ``embeddings: true``) or the embedding stays float32 too (the default).
     """
@@ -135,6 +145,9 @@ def quantize_heads(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext) -> 
         if not ok:
             float_heads.add(id(lin.weight))
             ctx.skip(name, f"output head kept in float32 (lm_head: {why}); lm_head: true stores it at head_bits")
+            continue
+        if calibrated and name in calibrated:
+            install(model, name, calibrated[name])
             continue
         layer = WeightOnlyLinear.from_weight(lin.weight.detach(), lin.bias, bits, cfg.group_size, cfg.symmetric,
                                              cfg.runtime)

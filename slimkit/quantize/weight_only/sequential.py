@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from slimkit.core.context import RunContext
-from slimkit.core.sequential import run_blocks
-from slimkit.quantize.weight_only.apply import install, layer_bits, quantize_heads, select_linears
+from slimkit.core.inputs import call_model
+from slimkit.core.sequential import no_cache, run_blocks
+from slimkit.quantize.weight_only.apply import heads_to_quantize, install, layer_bits, quantize_heads, select_linears
 from slimkit.quantize.weight_only.config import WeightOnlyConfig
 
 __all__ = ["run_blocks", "block_layers", "StatsHook", "calibrate_and_quantize"]
@@ -54,14 +55,17 @@ class StatsHook:
 
 def calibrate_and_quantize(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunContext, step: str,
                            make_stats: Callable[[str, nn.Linear], Any],
-                           make_layer: Callable[[str, nn.Linear, Any, int], nn.Module]) -> int:
+                           make_layer: Callable[[str, nn.Linear, Any, int], nn.Module],
+                           calibrate_heads: bool = False) -> int:
     """Replace every selected Linear, one block at a time, by ``make_layer(name, linear, stats, bits)``
     (``bits``: the layer's width from ``cfg.bits``, a number or a per-layer map).
 
     ``make_stats(name, linear)`` builds an accumulator with ``add(x2d)``, fed the layer's inputs
     while the block runs on the outputs of the already-quantized prefix. Linears outside the
-    calibrated blocks are reported as skipped; the head / embeddings follow ``cfg``. Returns how
-    many layers were replaced.
+    calibrated blocks are reported as skipped; the head / embeddings follow ``cfg``. With
+    ``calibrate_heads`` the output heads are built by ``make_layer`` too (at ``head_bits``), from
+    their inputs in one forward of the quantized model over ``calib``. Returns how many layers
+    were replaced.
     """
     calib = ctx.require("calib", step)
     layers = select_linears(model, cfg, ctx, "quantize")
@@ -82,5 +86,22 @@ def calibrate_and_quantize(model: nn.Module, cfg: WeightOnlyConfig, ctx: RunCont
     run_blocks(model, calib, visit, ctx.progress)
     for name in sorted(set(chosen) - set(done)):
         ctx.skip(name, "Linear outside the calibrated blocks was never reached by calibration data")
-    quantize_heads(model, cfg, ctx)
+    heads = _calibrated_heads(model, cfg, calib, make_stats, make_layer) if calibrate_heads else {}
+    quantize_heads(model, cfg, ctx, heads)
     return len(done)
+
+
+def _calibrated_heads(model: nn.Module, cfg: WeightOnlyConfig, calib: list[Any],
+                      make_stats: Callable[[str, nn.Linear], Any],
+                      make_layer: Callable[[str, nn.Linear, Any, int], nn.Module]) -> dict[str, nn.Module]:
+    """``make_layer`` for each head to quantize, its statistics gathered while the (already
+    quantized) model runs every calibration batch."""
+    local = {n: model.get_submodule(n) for n in heads_to_quantize(model, cfg)}
+    if not local:
+        return {}
+    stats = {n: make_stats(n, m) for n, m in local.items()}
+    with torch.no_grad(), StatsHook(local, lambda n, x: stats[n].add(x)):
+        for batch in calib:
+            call_model(model, no_cache(model, batch))
+    bits = cfg.resolved_head_bits()
+    return {n: make_layer(n, m, stats.pop(n), bits) for n, m in local.items()}
