@@ -183,3 +183,18 @@ def test_tpe_and_nsga2_beat_random_search_on_average() -> None:
     mean = {s: statistics.mean(_front_volume(s, seed) for seed in range(4)) for s in ("random", "tpe", "nsga2")}
     assert mean["tpe"] > mean["random"] * 1.03, mean
     assert mean["nsga2"] > mean["random"] * 1.03, mean
+
+
+def test_an_exhausted_space_stops_the_search(tmp_path) -> None:
+    """Two candidates only: once both are evaluated every proposal is a cached re-run, and the search
+    stops after STALE_PROPOSALS of them instead of running to its budget."""
+    from slimkit.search.recipes.engine import STALE_PROPOSALS
+
+    model, calib, fidelity = tiny_setup()
+    space = {"steps": [{"quantize": {"method": {"choice": ["rtn", "none"]}, "bits": 8, "group_size": 32}}]}
+    sr = sk.search(model, space, calib=calib, eval=fidelity, objectives=("quality", "bytes"), budget_s=600,
+                   out_dir=tmp_path / "o", seed=0)
+    assert sr.counts["exhausted"] == 1
+    assert sr.counts["evaluated"] == 1  # rtn; 'none' is the input model, pruned without running
+    assert sr.counts["cached"] + sr.counts["pruned"] - 1 >= STALE_PROPOSALS  # re-proposals until the stop
+    assert sr.best is not None and sr.best.recipe is not None

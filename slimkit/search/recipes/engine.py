@@ -22,6 +22,12 @@ __all__ = ["Plan", "run_worker", "make_sampler", "STRATEGIES", "fail_stale", "ca
 
 #: tpe / nsga2 / random: Optuna samplers; evolution / rl / gradient: slimkit.search.recipes.strategies
 STRATEGIES = ("tpe", "nsga2", "random", "evolution", "rl", "gradient")
+#: a worker whose strategy proposed only already-evaluated recipes this many times in a row stops:
+#: on a small finite space (e.g. 20 student shapes) TPE otherwise re-proposes them until the deadline
+#: (2,800 answered-from-cache trials in 12 minutes, measured), filling the journal and the report
+STALE_PROPOSALS = 100
+#: why a candidate whose every step is 'none' is pruned without running (it is the input model)
+ALL_NONE = "every step came out 'none' (the input model itself)"
 _POLL_S = 0.2
 #: errors that fail one candidate (recorded on its trial) without stopping the search
 _CANDIDATE_ERRORS = (SlimkitError, RuntimeError)
@@ -97,7 +103,8 @@ def run_worker(plan: Plan, study: Any, store: Store) -> dict[str, int]:
 
     Ctrl-C (KeyboardInterrupt) fails the running trial and returns with ``interrupted`` = 1.
     """
-    counts = {"evaluated": 0, "cached": 0, "failed": 0, "pruned": 0, "interrupted": 0}
+    counts = {"evaluated": 0, "cached": 0, "failed": 0, "pruned": 0, "interrupted": 0, "exhausted": 0}
+    in_a_row = 0  # consecutive proposals of already-evaluated recipes
     while plan.deadline is None or time.time() < plan.deadline:
         trial = _start_trial(plan, study, store)
         if trial is None:
@@ -109,6 +116,14 @@ def run_worker(plan: Plan, study: Any, store: Store) -> dict[str, int]:
             counts["interrupted"] = 1
             break
         counts[outcome] += 1
+        seen = outcome == "cached" or trial.user_attrs.get("pruned_because") == ALL_NONE  # nothing new learnt
+        in_a_row = in_a_row + 1 if seen else 0
+        if in_a_row >= STALE_PROPOSALS:
+            if plan.log is not None:
+                plan.log(f"stopping: the last {STALE_PROPOSALS} proposals were recipes already evaluated "
+                         "(the space looks exhausted for this strategy)")
+            counts["exhausted"] = 1
+            break
     return counts
 
 
@@ -136,7 +151,7 @@ def _run_trial(plan: Plan, study: Any, store: Store, trial: Any) -> str:
         try:
             recipe = plan.space.sample(trial)
             if not recipe["steps"]:
-                trial.set_user_attr("pruned_because", "every step came out 'none' (the input model itself)")
+                trial.set_user_attr("pruned_because", ALL_NONE)
                 study.tell(trial, state=TrialState.PRUNED)
                 return "pruned"
             recipe = canonical_recipe(recipe)
