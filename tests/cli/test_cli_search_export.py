@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import slimkit as sk
-from slimkit.cli import models as cli_models
 from slimkit.cli import workloads
 from slimkit.cli.main import EXIT_BAD_INPUT, main
 from slimkit.io.outputs import MARKER
 from slimkit.measure import Perplexity
-from tests.cli.test_cli_outputs import assert_user_dir_intact, one_error_line, user_dir  # noqa: F401 (fixture)
+from tests.cli.test_cli_outputs import (  # noqa: F401 (fixtures)
+    assert_user_dir_intact, no_model_loading, one_error_line, user_dir)
 
 SPACE_YAML = """steps:
   - prune: {method: {choice: [magnitude, none]}, sparsity: {choice: [0.3, 0.6]}}
@@ -52,19 +52,6 @@ def space(tmp_path: Path) -> str:
     path = tmp_path / "space.yaml"
     path.write_text(SPACE_YAML, encoding="utf-8")
     return str(path)
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record (and refuse) any attempt to load a model."""
-    calls: list[str] = []
-
-    def refuse(ref, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        calls.append(str(ref))
-        raise RuntimeError("the model must not be loaded in this test")
-
-    monkeypatch.setattr(cli_models, "load_model_ref", refuse)
-    return calls
 
 
 def complete_trials(out: Path) -> list[dict]:
