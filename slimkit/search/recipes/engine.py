@@ -115,9 +115,8 @@ def run_worker(plan: Plan, study: Any, store: Store) -> dict[str, int]:
             _tell_fail(study, trial, "interrupted (Ctrl-C)")
             counts["interrupted"] = 1
             break
-        counts[outcome] += 1
-        seen = outcome == "cached" or trial.user_attrs.get("pruned_because") == ALL_NONE  # nothing new learnt
-        in_a_row = in_a_row + 1 if seen else 0
+        counts["pruned" if outcome == "input_model" else outcome] += 1
+        in_a_row = in_a_row + 1 if outcome in ("cached", "input_model") else 0  # nothing new learnt
         if in_a_row >= STALE_PROPOSALS:
             if plan.log is not None:
                 plan.log(f"stopping: the last {STALE_PROPOSALS} proposals were recipes already evaluated "
@@ -145,6 +144,8 @@ def _start_trial(plan: Plan, study: Any, store: Store) -> Any:
 
 
 def _run_trial(plan: Plan, study: Any, store: Store, trial: Any) -> str:
+    """Evaluate one trial; returns its outcome: evaluated, cached, failed, pruned, or input_model (every
+    step came out none: pruned without running, and nothing new for the exhaustion count)."""
     from optuna.trial import TrialState
 
     with Heartbeat(study._storage, trial._trial_id):
@@ -153,7 +154,7 @@ def _run_trial(plan: Plan, study: Any, store: Store, trial: Any) -> str:
             if not recipe["steps"]:
                 trial.set_user_attr("pruned_because", ALL_NONE)
                 study.tell(trial, state=TrialState.PRUNED)
-                return "pruned"
+                return "input_model"
             recipe = canonical_recipe(recipe)
         except ConfigError as exc:  # a combination of knob values the step refuses
             _tell_fail(study, trial, f"{type(exc).__name__}: {exc}")
