@@ -126,7 +126,8 @@ DATABASE_FACTOR = 1.5
 
 def search_options(row: str, results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return {"generations": args.generations, "offspring": args.offspring, "selection": args.selection,
-            "budget_s": round(args.search_s + database_allowance(row, results, args)), "seed": 0}
+            "budget_s": round(args.search_s + database_allowance(row, results, args)), "seed": 0,
+            "fitness_holdout": args.holdout}
 
 
 def stage_tokens(args: argparse.Namespace) -> int:
@@ -195,8 +196,11 @@ def searched_bits(model: nn.Module, calib: list[Any], args: argparse.Namespace, 
                   target: float | None) -> tuple[nn.Module, dict[str, Any]]:
     """The search step's flow for a bit-width space with ``cost`` / ``target_avg_bits``."""
     began = time.perf_counter()
-    fitness = OutputDivergence(model, calib, max(t for _, t in args.selection))
-    space, db_s, shared = quant_levels(model, calib, bits, cost, target)
+    # the search step's split (EvolutionSearchConfig.split_calibration): the last --holdout batches feed
+    # the fitness only; the final run below calibrates on every batch
+    database, held = (calib[:-args.holdout], calib[-args.holdout:]) if args.holdout else (calib, calib)
+    fitness = OutputDivergence(model, held, max(t for _, t in args.selection))
+    space, db_s, shared = quant_levels(model, database, bits, cost, target)
     fitness.apply = lambda a: space.apply(model, a)
     costs = CostTable([[space.cost(u, lvl) for lvl in range(n)] for u, n in enumerate(space.n_levels)])
     sample = fitness.sample(np.random.default_rng([0, 1]), args.selection[-1][1])
@@ -298,6 +302,12 @@ def targets(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def holdout_text(k: int) -> str:
+    if not k:
+        return " (database and fitness share them)"
+    return f" (the last {k} for the fitness only, the others for the level database)"
+
+
 def details(results: dict[str, Any]) -> str:
     out = []
     for row in ROWS:
@@ -316,8 +326,9 @@ def details(results: dict[str, Any]) -> str:
         if "settings" in r and row.endswith("search"):
             st = r["settings"]
             bits.append(f"settings: offspring {st['offspring']}, selection {st['selection']}, evolution ≤ "
-                        f"{st['search_s']:.0f} s, calibration {st['calib']} × 256 tokens, torch threads: "
-                        f"{st.get('threads', '?')}")
+                        f"{st['search_s']:.0f} s, calibration {st['calib']} × 256 tokens"
+                        f"{holdout_text(st.get('holdout', 0))}, sparsity levels ±{st['levels']} × "
+                        f"{st['level_step']}, torch threads: {st.get('threads', '?')}")
         if "fitness_uniform" in r:
             bits.append(f"KL to fp32 on the last stage's tokens: start {r['fitness_uniform']:.4f} → found "
                         f"{r['fitness_searched']:.4f}")
@@ -340,6 +351,9 @@ def main() -> None:
     parser.add_argument("--offspring", type=int, default=8)
     parser.add_argument("--selection", type=json.loads, default=[[2, 256], [1, 1024]])
     parser.add_argument("--search-s", type=float, default=480.0, help="wall budget of each search's evolution (s)")
+    parser.add_argument("--holdout", type=int, default=0,
+                        help="calibration chunks only the KL fitness sees (the search step's fitness_holdout); "
+                             "the level database reads the others, the final run all of them")
     parser.add_argument("--database-s", type=float, default=None,
                         help="allowance for the level database on top of --search-s (the search step's budget_s "
                              "counts from the step's start); default: estimated from the group's reference row")
@@ -390,7 +404,7 @@ def main() -> None:
         results[row] = {"ppl": p, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "budget": budget_of(row.split("_")[0], out),
                         "settings": {k: getattr(args, k) for k in ("generations", "offspring", "selection", "search_s",
                                                                    "levels", "level_step", "calib", "test", "quick",
-                                                                   "threads")},
+                                                                   "threads", "holdout")},
                         **info}
         log(f"{row}: ppl {p:.2f} in {wall:.0f} s; {budget_text(row.split('_')[0], results[row]['budget'])}")
         del out
@@ -421,7 +435,8 @@ def write(args: argparse.Namespace, results: dict[str, Any], load0: tuple[float,
                      f"{load1[0]:.1f}/{load1[1]:.1f}/{load1[2]:.1f} at the last row")
     text = (f"# Per-layer allocation by evolutionary search (SmolLM2-135M)\n\n"
             f"Calibration: {args.calib} × 256 tokens of the Shakespeare train plays (level databases, block influence, "
-            f"OWL, KL fitness); perplexity on {args.test} × 256 tokens of the held-out test plays. Search: "
+            f"OWL, KL fitness); perplexity on {args.test} × 256 tokens of the held-out test plays. Search settings of "
+            f"the run that wrote this doc (each searched row's own are under Details): "
             f"{args.offspring} offspring per generation, selection {args.selection} ([survivors, tokens] per stage), "
             f"at most {args.generations} generations or {args.search_s:.0f} s of evolution per search (the search "
             f"step's budget_s = that + an allowance for the level database, "

@@ -217,7 +217,7 @@ def prune_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
         for name, module in layers:
             build(name, module, None)
     else:
-        calib = ctx.require("calib", "search")
+        calib = options.calibration(ctx)
         make = (lambda n, m: HessianStats(m.in_features)) if step.method == "sparsegpt" else (
             lambda n, m: InputNormStats(m.in_features))
         _dense_stats(model, layers, calib, make, build, ctx)

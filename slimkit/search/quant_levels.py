@@ -308,7 +308,7 @@ def quant_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
 
     others: list[str] = []
     if step.method == "gptq":
-        others = _gptq_database(model, chosen, list(ctx.require("calib", "search")), ctx, put)
+        others = _gptq_database(model, chosen, options.calibration(ctx), ctx, put)
         for name in others:
             ctx.skip(name, "Linear outside the calibrated blocks was never reached by calibration data")
     else:

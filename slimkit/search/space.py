@@ -30,11 +30,14 @@ import dataclasses
 import importlib
 import pkgutil
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from torch import nn
 
 from slimkit.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from slimkit.core.context import RunContext
 
 __all__ = ["LevelSpace", "SpaceOptions", "SpaceFactory", "register_space", "space_factory", "spaces_for",
            "load_spaces", "assignment_cost"]
@@ -107,6 +110,11 @@ class SpaceOptions:
     progress: bool = False
     storage: str = "auto"
     memory_limit_mb: int = 1024
+
+    def calibration(self, ctx: RunContext) -> list[Any]:
+        """The batches a level database is computed from: ``calib`` when the search step set it (it
+        may hold some batches back for the fitness, see ``fitness_holdout``), else the run's."""
+        return list(self.calib) if self.calib is not None else list(ctx.require("calib", "search"))
 
 
 #: ``factory(model, step, ctx, options) -> LevelSpace``; ``step`` is the validated

@@ -163,8 +163,39 @@ def test_budget_too_small_for_one_generation_is_a_config_error() -> None:
             token_batches(2, seed=1))
 
 
+def test_fitness_holdout_keeps_its_batches_from_the_level_database(monkeypatch) -> None:
+    from slimkit.search.evolution import api
+
+    model, calib = tiny_llama(), token_batches(4, seed=1)
+    prune = {"method": "sparsegpt", "sparsity": 0.6}
+    seen: list[list[torch.Tensor]] = []
+    real_factory = api.space_factory
+
+    def observed_factory(name: str, method: str):  # records what the real factory is given, changes nothing
+        factory = real_factory(name, method)
+
+        def build(model, step, ctx, options):
+            seen.append([b["input_ids"] for b in options.calibration(ctx)])
+            return factory(model, step, ctx, options)
+        return build
+
+    monkeypatch.setattr(api, "space_factory", observed_factory)
+    stages = [[2, 64], [1, 1024]]  # more tokens than the calibration has: the fitness keeps all it is given
+    res = run(model, search_recipe(prune, fitness_holdout=1, selection=stages), calib)
+    (database,) = seen
+    assert len(database) == 3 and all(torch.equal(a, b["input_ids"]) for a, b in zip(database, calib[:3]))
+    note = res.report.steps[0]["notes"]["search"]
+    assert note["fitness_holdout"] == 1 and note["fitness_tokens"] == 2 * 64  # one batch of 2 rows x 64 tokens
+    assert nonzeros(res.model) == nonzeros(run(model, [{"prune": prune}], calib).model)
+    shared = run(model, search_recipe(prune, selection=stages), calib).report.steps[0]["notes"]["search"]
+    assert shared["fitness_holdout"] == 0 and shared["fitness_tokens"] == 4 * 2 * 64
+    with pytest.raises(sk.ConfigError, match=r"fitness_holdout = 4 leaves no calibration batch.*\[0, 3\]"):
+        run(model, search_recipe(prune, fitness_holdout=4), calib)
+
+
 @pytest.mark.parametrize("field,value", [("selection", [[2, 64], [2, 128]]), ("selection", [[99, 64], [1, 128]]),
-                                         ("generations", 0), ("budget_s", -1), ("fitness", "ppl")])
+                                         ("generations", 0), ("budget_s", -1), ("fitness", "ppl"),
+                                         ("fitness_holdout", -1)])
 def test_bad_fields(field: str, value) -> None:
     with pytest.raises(sk.ConfigError, match=field.split("[")[0]):
         sk.Recipe.from_dict(search_recipe({"method": "magnitude", "sparsity": 0.5}, **{field: value}))

@@ -29,9 +29,9 @@ def search_evolution(model: nn.Module, cfg: EvolutionSearchConfig, ctx: RunConte
     start = time.perf_counter()
     deadline = start + cfg.budget_s if cfg.budget_s is not None else None
     wrapped = cfg.wrapped_step()
-    calib = ctx.require("calib", "search")
-    fitness = OutputDivergence(model, calib, cfg.stage_tokens(), cfg.fitness)
-    options = SpaceOptions(levels=cfg.levels, level_step=cfg.level_step, calib=calib, seed=cfg.seed,
+    database_calib, fitness_calib = cfg.split_calibration(list(ctx.require("calib", "search")))
+    fitness = OutputDivergence(model, fitness_calib, cfg.stage_tokens(), cfg.fitness)
+    options = SpaceOptions(levels=cfg.levels, level_step=cfg.level_step, calib=database_calib, seed=cfg.seed,
                            progress=ctx.show_progress, storage=cfg.level_storage, memory_limit_mb=cfg.memory_limit_mb)
     space = space_factory(wrapped.name, wrapped.method)(model, wrapped, ctx, options)
     try:
@@ -118,6 +118,7 @@ def _note(ctx: RunContext, cfg: EvolutionSearchConfig, space: LevelSpace, costs:
                          "allocation": [round(v, 6) for v in space.values(r.assignment)]} for r in outcome.history],
         "trials": outcome.trials, "stopped_by": outcome.stopped_by, "search_seconds": round(seconds, 3),
         "budget_s": cfg.budget_s, "fitness": fitness.kind, "check_tokens": check["tokens"],
+        "fitness_holdout": cfg.fitness_holdout, "fitness_tokens": fitness.available_tokens,
         "uniform_fitness": check["uniform"], "searched_fitness": searched,
         "fitness_improvement": (check["uniform"] / searched) if searched > 0 else None,
         "level_storage": ("disk" if store.on_disk else "memory") if store is not None else None,

@@ -27,6 +27,7 @@ class EvolutionSearchConfig(StepConfig):
         selection: [[4, 512], [1, 2048]]   # [survivors, calibration tokens] per selection stage
         levels: 4                 # sparsity: levels on each side of the target ...
         level_step: 0.05          # ... this far apart (clipped to [0, 0.95])
+        fitness_holdout: 0        # calibration batches only the fitness sees (0: all shared, EvoPress)
         seed: 0
     ```
     Fitness is the KL divergence of the candidate's next-token distribution to the input model's
@@ -40,6 +41,12 @@ class EvolutionSearchConfig(StepConfig):
     quantize: the candidate bit widths (list, the level space's default when omitted); drop_layers:
     unused. ``level_storage`` keeps the level database in memory or spills it to a temporary
     directory of safetensors files (``auto``: disk above ``memory_limit_mb``).
+
+    ``fitness_holdout: k`` keeps the last ``k`` calibration batches away from the level database
+    (they feed the fitness only; the level database reads the others). With few
+    calibration tokens a level can fit its calibration text far better than new text (GPTQ at 2
+    bits on 1.5k tokens does), and a fitness on that same text then prefers it; held-out batches
+    judge it as it will generalize. The final run of the found step still calibrates on every batch.
     """
 
     method: str = "evolution"
@@ -55,6 +62,7 @@ class EvolutionSearchConfig(StepConfig):
     fitness: str = "auto"
     level_storage: str = "auto"
     memory_limit_mb: int = 1024
+    fitness_holdout: int = 0
 
     def validate(self) -> None:
         self._check_step()
@@ -71,6 +79,7 @@ class EvolutionSearchConfig(StepConfig):
         check_choice("fitness", self.fitness, ["auto", "kl", "mse"])
         check_choice("level_storage", self.level_storage, ["auto", "memory", "disk"])
         check_int("memory_limit_mb", self.memory_limit_mb, 1, 10**7)
+        check_int("fitness_holdout", self.fitness_holdout, 0, 10**6)
 
     def _check_step(self) -> None:
         if not isinstance(self.step, dict) or len(self.step) != 1:
@@ -103,6 +112,17 @@ class EvolutionSearchConfig(StepConfig):
         if stages[-1][0] != 1:
             raise ConfigError(f"selection[-1] survivors = {stages[-1][0]!r}: the last stage must keep exactly 1 "
                               f"(the next parent)")
+
+    def split_calibration(self, calib: list[Any]) -> tuple[list[Any], list[Any]]:
+        """``(database batches, fitness batches)``: the last ``fitness_holdout`` batches for the
+        fitness alone, or every batch for both when it is 0."""
+        k = self.fitness_holdout
+        if k == 0:
+            return calib, calib
+        if k >= len(calib):
+            raise ConfigError(f"fitness_holdout = {k!r} leaves no calibration batch for the level database: the run "
+                              f"has {len(calib)} calibration batches; valid range is [0, {len(calib) - 1}]")
+        return calib[:-k], calib[-k:]
 
     def wrapped_step(self) -> Any:
         """The validated wrapped step (:class:`slimkit.core.recipe.Step`)."""
