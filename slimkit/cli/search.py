@@ -43,6 +43,9 @@ def add_search_parser(sub: Any, add_data_options: Any) -> None:
     p.add_argument("--constraint", action="append", default=[], help="space mode: like --goal (repeatable)")
     p.add_argument("--strategy", default="tpe", choices=["tpe", "nsga2", "random", "evolution", "rl", "gradient"],
                    help="sampler (default tpe); gradient learns per-layer sparsity maps of the space's prune step first")
+    p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
+                   help="where latency is measured: torch eager (default) or onnxruntime (each candidate exported to "
+                   "ONNX and timed in ONNX Runtime's CPU session)")
     p.add_argument("--n-trials", type=int, help="total trials of the study (a resumed study continues up to it)")
     p.add_argument("--budget-min", type=float, help="minutes of this run; no trial starts after it")
     p.add_argument("--storage", help="an Optuna storage URL (postgresql://... for many machines); default: a journal "
@@ -83,7 +86,8 @@ def run_search(args: argparse.Namespace) -> int:
                        constraints=constraints, strategy=args.strategy, n_trials=args.n_trials,
                        budget_s=budget_min * 60 if budget_min is not None else None, storage=args.storage,
                        seed=args.seed, out_dir=args.out, example_inputs=work.example_inputs, workers=args.workers,
-                       overwrite=args.overwrite, progress=not args.no_progress and not args.json)
+                       overwrite=args.overwrite, progress=not args.no_progress and not args.json,
+                       runtime=args.runtime)
     if args.json:
         from slimkit.cli.main import print_json
 

@@ -198,3 +198,25 @@ def test_an_exhausted_space_stops_the_search(tmp_path) -> None:
     assert sr.counts["evaluated"] == 1  # rtn; 'none' is the input model, pruned without running
     assert sr.counts["cached"] + sr.counts["pruned"] - 1 >= STALE_PROPOSALS  # re-proposals until the stop
     assert sr.best is not None and sr.best.recipe is not None
+
+
+def test_latency_in_onnxruntime_times_the_exported_candidates(tmp_path) -> None:
+    model, calib, fidelity = tiny_setup()
+    space = {"steps": [{"prune": {"method": "structured", "granularity": "neuron",
+                                  "sparsity": {"choice": [0.25, 0.5, 0.75]}}}]}
+    sr = sk.search(model, space, calib=calib, eval=fidelity, objectives=("latency", "quality"), n_trials=5,
+                   example_inputs=calib[0], runtime="onnxruntime", seed=0, out_dir=tmp_path / "o", save_best=False)
+    assert sr.baseline["runtime"].startswith("onnxruntime") and sr.baseline["latency_ms"] > 0
+    complete = [t for t in sr.trials if t.state == "COMPLETE"]
+    for t in complete:
+        assert t.metrics["runtime"].startswith("onnxruntime") and t.metrics["latency_ms"] > 0
+        # the timed file is the candidate's own export: fewer neurons, a smaller ONNX file than the input's
+        assert t.metrics["onnx_bytes"] < sr.baseline["onnx_bytes"]
+        assert t.metrics["onnx_bytes"] < t.metrics["bytes"] * 1.5
+    by_sparsity = {t.recipe.to_dict()["steps"][0]["prune"]["sparsity"]: t.metrics["onnx_bytes"] for t in complete}
+    assert len(by_sparsity) >= 2
+    ordered = [by_sparsity[k] for k in sorted(by_sparsity)]
+    assert ordered == sorted(ordered, reverse=True) and len(set(ordered)) == len(ordered)
+    with pytest.raises(sk.ConfigError, match="runtime = 'tvm'.*'torch', 'onnxruntime'"):
+        sk.search(model, space, calib=calib, eval=fidelity, objectives=("latency", "quality"), n_trials=1,
+                  example_inputs=calib[0], runtime="tvm")

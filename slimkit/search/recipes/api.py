@@ -33,7 +33,7 @@ from torch import nn
 
 from slimkit.core.errors import ConfigError
 from slimkit.search.recipes.engine import STRATEGIES, Plan, make_sampler, run_worker
-from slimkit.search.recipes.evaluate import model_fingerprint
+from slimkit.search.recipes.evaluate import RUNTIMES, model_fingerprint
 from slimkit.search.recipes.goals import Constraint, Objective, parse_constraints, parse_objectives
 from slimkit.search.recipes.knobs import RecipeSpace
 from slimkit.search.recipes.pruning import TrainingMeter, parse_pruner, rung_resources
@@ -71,6 +71,7 @@ def search(
     save_best: bool = True,
     progress: bool = False,
     pruner: Any = None,
+    runtime: str = "torch",
 ) -> SearchResult:
     """Search ``space`` for recipes trading quality against bytes / latency / MACs; see the module docstring.
 
@@ -84,11 +85,16 @@ def search(
     starts ``out_dir`` over instead of resuming it. ``pruner``: ``none`` / ``successive_halving`` /
     ``hyperband`` or a mapping (:mod:`slimkit.search.recipes.pruning`), like the space YAML's
     ``pruner:`` key (giving both with different values is an error): trials whose training reports
-    a weak held-out quality at a rung stop there and end PRUNED.
+    a weak held-out quality at a rung stop there and end PRUNED. ``runtime``: where latency is
+    measured, ``torch`` (eager) or ``onnxruntime`` (each candidate and the input model exported to
+    ONNX and timed in ONNX Runtime's CPU session; see :mod:`slimkit.search.recipes.evaluate`).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_stops(n_trials, budget_s, workers, strategy)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime = {runtime!r} is not a runtime latency can be measured in; valid runtimes are "
+                          f"{list(RUNTIMES)}")
     recipe_space = _with_pruner(RecipeSpace.coerce(space), pruner)
     from slimkit.measure.quality import as_evaluator
 
@@ -100,7 +106,7 @@ def search(
     latency = any(o.name == "latency" for o in objs) or any(c.metric == "latency" for c in cons)
     meter = TrainingMeter(model, calib=list(calib) if calib is not None else None, evaluator=evaluator,
                            example_inputs=example_inputs, latency=latency, latency_runs=latency_runs,
-                           train=list(train) if train is not None else None, teacher=teacher)
+                           train=list(train) if train is not None else None, teacher=teacher, runtime=runtime)
     out = None
     if out_dir is not None:
         from slimkit.search.recipes.files import prepare_out_dir
@@ -110,8 +116,8 @@ def search(
     if workers > 1 and store.kind == "memory":
         raise ConfigError("workers > 1 need a shared storage: give out_dir= (a journal file) or a storage URL")
     settings = {"space": recipe_space.signature(), "objectives": [o.name for o in objs],
-                "directions": [o.direction for o in objs], "latency": latency, "quality": evaluator is not None,
-                "model": model_fingerprint(model)}
+                "directions": [o.direction for o in objs], "latency": latency, "runtime": runtime,
+                "quality": evaluator is not None, "model": model_fingerprint(model)}
     log = _logger(progress)
     result = run_study(recipe_space, meter, objs, cons, store=store, settings=settings, higher_is_better=hib,
                        strategy=strategy, seed=seed, n_trials=n_trials, budget_s=budget_s, workers=workers, log=log)
