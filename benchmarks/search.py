@@ -199,7 +199,7 @@ def searched_bits(model: nn.Module, calib: list[Any], args: argparse.Namespace, 
     # the search step's split (EvolutionSearchConfig.split_calibration): the last --holdout batches feed
     # the fitness only; the final run below calibrates on every batch
     database, held = (calib[:-args.holdout], calib[-args.holdout:]) if args.holdout else (calib, calib)
-    fitness = OutputDivergence(model, held, max(t for _, t in args.selection))
+    fitness = OutputDivergence(model, held, None)  # every held-out calibration token, as the search step keeps
     space, db_s, shared = quant_levels(model, database, bits, cost, target)
     fitness.apply = lambda a: space.apply(model, a)
     costs = CostTable([[space.cost(u, lvl) for lvl in range(n)] for u, n in enumerate(space.n_levels)])

@@ -77,7 +77,7 @@ class OutputDivergence:
     """The fitness of :mod:`slimkit.search.evolution.core`: ``score(assignment, sample)`` applies the
     assignment with ``apply`` and returns the mean divergence to the stored reference outputs."""
 
-    def __init__(self, model: nn.Module, batches: Sequence[Any], max_tokens: int, kind: str = "auto",
+    def __init__(self, model: nn.Module, batches: Sequence[Any], max_tokens: int | None, kind: str = "auto",
                  apply: Callable[[Sequence[int]], None] | None = None) -> None:
         self.model, self.apply = model, apply
         self.causal = is_causal_lm(model)
@@ -94,11 +94,12 @@ class OutputDivergence:
     def reference_bytes(self) -> int:
         return sum(r.numel() * r.element_size() for r in self.refs)
 
-    def _reference(self, rows: list[Any], max_tokens: int) -> None:
-        """Run the input model on rows until ``max_tokens`` tokens are covered; store its outputs."""
+    def _reference(self, rows: list[Any], max_tokens: int | None) -> None:
+        """Run the input model on rows until ``max_tokens`` tokens are covered (every row when
+        ``None``); store its outputs."""
         with torch.no_grad():
             for row in rows:
-                if self.available_tokens >= max_tokens:
+                if max_tokens is not None and self.available_tokens >= max_tokens:
                     break
                 out = call_model(self.model, no_cache(self.model, row))
                 logits = getattr(out, "logits", None)

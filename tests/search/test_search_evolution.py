@@ -163,6 +163,17 @@ def test_budget_too_small_for_one_generation_is_a_config_error() -> None:
             token_batches(2, seed=1))
 
 
+def test_fitness_draws_from_every_calibration_token_unless_capped() -> None:
+    # stages of 32 / 64 tokens draw from the whole pool (512 tokens), not from one stage's worth,
+    # so a long search is not scored on the same 64 tokens in every generation
+    model, calib = tiny_llama(), token_batches(4, seed=1)
+    prune = {"method": "magnitude", "sparsity": 0.5}
+    pool = run(model, search_recipe(prune, selection=[[2, 32], [1, 64]], generations=2), calib)
+    assert pool.report.steps[0]["notes"]["search"]["fitness_tokens"] == 4 * 2 * 64
+    capped = run(model, search_recipe(prune, selection=[[2, 32], [1, 64]], generations=2, max_calib_tokens=128), calib)
+    assert capped.report.steps[0]["notes"]["search"]["fitness_tokens"] == 128
+
+
 def test_fitness_holdout_keeps_its_batches_from_the_level_database(monkeypatch) -> None:
     from slimkit.search.evolution import api
 

@@ -30,7 +30,7 @@ def search_evolution(model: nn.Module, cfg: EvolutionSearchConfig, ctx: RunConte
     deadline = start + cfg.budget_s if cfg.budget_s is not None else None
     wrapped = cfg.wrapped_step()
     database_calib, fitness_calib = cfg.split_calibration(list(ctx.require("calib", "search")))
-    fitness = OutputDivergence(model, fitness_calib, cfg.stage_tokens(), cfg.fitness)
+    fitness = OutputDivergence(model, fitness_calib, cfg.pool_tokens(), cfg.fitness)
     options = SpaceOptions(levels=cfg.levels, level_step=cfg.level_step, calib=database_calib, seed=cfg.seed,
                            progress=ctx.show_progress, storage=cfg.level_storage, memory_limit_mb=cfg.memory_limit_mb)
     space = space_factory(wrapped.name, wrapped.method)(model, wrapped, ctx, options)

@@ -34,7 +34,9 @@ class EvolutionSearchConfig(StepConfig):
     on calibration tokens (``fitness: kl``; ``mse`` on plain tensor outputs; ``auto`` picks KL when
     the output has ``logits``). Stage ``k`` scores the pool on a fresh random draw of ``tokens``
     calibration tokens and keeps the best ``survivors``; the parent joins the last stage (elitism),
-    whose single survivor is the next parent. The step ends by running the wrapped step normally
+    whose single survivor is the next parent. The draws come from every calibration token the
+    fitness has (``max_calib_tokens`` caps that pool: the input model's log-probabilities are kept
+    as float16, vocabulary × 2 bytes per token). The step ends by running the wrapped step normally
     with the found per-layer map, and the result's recipe holds that step instead of this one.
 
     ``levels`` means, per wrapped step: prune: levels on each side of the target (int, default 4);
@@ -130,7 +132,8 @@ class EvolutionSearchConfig(StepConfig):
 
         return Recipe.from_dict([self.step]).steps[0]
 
-    def stage_tokens(self) -> int:
-        """The most calibration tokens any stage uses, capped by ``max_calib_tokens``."""
-        most = max(int(t) for _, t in self.selection)
-        return min(most, self.max_calib_tokens) if self.max_calib_tokens is not None else most
+    def pool_tokens(self) -> int | None:
+        """Calibration tokens the fitness keeps reference outputs for, the pool every stage draws
+        from: all of them (``None``), or the first ``max_calib_tokens``. A pool no larger than one
+        stage would score every generation on the same tokens, and a long search then fits them."""
+        return self.max_calib_tokens
