@@ -127,7 +127,7 @@ DATABASE_FACTOR = 1.5
 def search_options(row: str, results: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return {"generations": args.generations, "offspring": args.offspring, "selection": args.selection,
             "budget_s": round(args.search_s + database_allowance(row, results, args)), "seed": 0,
-            "fitness_holdout": args.holdout}
+            "fitness_holdout": args.holdout, "database": args.database}
 
 
 def stage_tokens(args: argparse.Namespace) -> int:
@@ -162,6 +162,9 @@ def searched_step(model: nn.Module, wrapped: dict[str, Any], calib: list[Any], a
     return out, {**search_stats(note, args), "allocation": note["allocation"], "found": info["recipe"]}
 
 
+#: the level database mode of this run (--database), read by the quantize rows' own space builder
+DATABASE = ["sequential"]
+
 #: the GPTQ level database of the quantize rows, built once per process (q3 and q425 use the same widths,
 #: group size and calibration; only the cost model and the start differ): (space, seconds it took)
 _QUANT_DB: dict[str, Any] = {}
@@ -177,7 +180,8 @@ def quant_levels(model: nn.Module, calib: list[Any], bits: int, cost: str,
     if "space" not in _QUANT_DB:
         began = time.perf_counter()
         ctx = RunContext(calib=calib, show_progress=False)
-        space = quant_space(model, step, ctx, SpaceOptions(levels=[2, 3, 4, 8], calib=calib), target_avg_bits=target,
+        space = quant_space(model, step, ctx, SpaceOptions(levels=[2, 3, 4, 8], calib=calib, database=DATABASE[0]),
+                            target_avg_bits=target,
                             cost=cost)
         _QUANT_DB.update(space=space, seconds=time.perf_counter() - began)
         return space, _QUANT_DB["seconds"], False
@@ -327,7 +331,8 @@ def details(results: dict[str, Any]) -> str:
             st = r["settings"]
             bits.append(f"settings: offspring {st['offspring']}, selection {st['selection']}, evolution ≤ "
                         f"{st['search_s']:.0f} s, calibration {st['calib']} × 256 tokens"
-                        f"{holdout_text(st.get('holdout', 0))}, sparsity levels ±{st['levels']} × "
+                        f"{holdout_text(st.get('holdout', 0))}, level database "
+                        f"{st.get('database', 'dense')}, sparsity levels ±{st['levels']} × "
                         f"{st['level_step']}, torch threads: {st.get('threads', '?')}")
         if "fitness_uniform" in r:
             bits.append(f"KL to fp32 on the last stage's tokens: start {r['fitness_uniform']:.4f} → found "
@@ -351,6 +356,9 @@ def main() -> None:
     parser.add_argument("--offspring", type=int, default=8)
     parser.add_argument("--selection", type=json.loads, default=[[2, 256], [1, 1024]])
     parser.add_argument("--search-s", type=float, default=480.0, help="wall budget of each search's evolution (s)")
+    parser.add_argument("--database", choices=["sequential", "dense"], default="sequential",
+                        help="level databases on the inputs of the earlier blocks at their uniform level "
+                             "(sequential, slimkit's default) or on the dense model's (EvoPress)")
     parser.add_argument("--holdout", type=int, default=0,
                         help="calibration chunks only the KL fitness sees (the search step's fitness_holdout); "
                              "the level database reads the others, the final run all of them")
@@ -374,6 +382,7 @@ def main() -> None:
         args.calib, args.test, args.generations, args.search_s, args.levels = 4, 2, 2, 60.0, 1
         args.selection = [[2, 64], [1, 128]]
     torch.set_num_threads(args.threads)
+    DATABASE[0] = args.database
     cache_path = Path(args.out).with_suffix(".json")
     results: dict[str, Any] = {} if args.fresh or not cache_path.exists() else json.loads(cache_path.read_text())
     results = results.get("rows", {}) if "rows" in results else results
@@ -404,7 +413,7 @@ def main() -> None:
         results[row] = {"ppl": p, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "budget": budget_of(row.split("_")[0], out),
                         "settings": {k: getattr(args, k) for k in ("generations", "offspring", "selection", "search_s",
                                                                    "levels", "level_step", "calib", "test", "quick",
-                                                                   "threads", "holdout")},
+                                                                   "threads", "holdout", "database")},
                         **info}
         log(f"{row}: ppl {p:.2f} in {wall:.0f} s; {budget_text(row.split('_')[0], results[row]['budget'])}")
         del out

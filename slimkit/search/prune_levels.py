@@ -4,9 +4,11 @@ Each selected layer gets a grid of sparsities around its target, ``target + j * 
 ``j = -levels .. levels`` (clipped to [0, 0.95]), ``h`` being ``level_step`` rounded so that every
 level prunes exactly the same number of extra weights (:func:`sparsity_grid`); the recipe stores
 the same floats, so it replays the exact same counts. The level database is built ONCE,
-EvoPress-style: every layer's levels are computed independently from the *dense* model's calibration inputs (block by block, one block's
-statistics in memory at a time), with the wrapped method's own math (SparseGPT's OBS sweep with
-weight reconstruction, Wanda's per-row ``|W|·‖X‖`` masks, magnitude's per-layer masks).
+block by block (one block's statistics in memory at a time) from the inputs that the earlier
+blocks give at their uniform level (``database: sequential``, as the wrapped step itself runs), or
+EvoPress-style from the *dense* model's inputs (``database: dense``), with the wrapped method's
+own math (SparseGPT's OBS sweep with weight reconstruction, Wanda's per-row ``|W|·‖X‖`` masks,
+magnitude's per-layer masks).
 
 Cost = the layer's nonzero weights at that level (counted on the level's weights), so the budget
 is the uniform step's exact total of nonzeros. Layers of the same shape share a grid with equal
@@ -210,24 +212,33 @@ def prune_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
 
     def build(name: str, module: nn.Module, stats: Any) -> None:
         u = index[name]
-        store.put(u, _level_weights(step.method, module, name, stats, grids[u], step.config),
-                  _storage_dtype(module.weight))
+        weights = _level_weights(step.method, module, name, stats, grids[u], step.config)
+        store.put(u, weights, _storage_dtype(module.weight))
+        if options.database == "sequential":  # later blocks see this layer at its uniform level
+            with torch.no_grad():
+                module.weight.copy_(weights[uniform[u]])
 
-    if step.method == "magnitude":
-        for name, module in layers:
-            build(name, module, None)
-    else:
-        calib = options.calibration(ctx)
-        make = (lambda n, m: HessianStats(m.in_features)) if step.method == "sparsegpt" else (
-            lambda n, m: InputNormStats(m.in_features))
-        _dense_stats(model, layers, calib, make, build, ctx)
+    try:
+        if step.method == "magnitude":
+            for name, module in layers:
+                build(name, module, None)
+        else:
+            calib = options.calibration(ctx)
+            make = (lambda n, m: HessianStats(m.in_features)) if step.method == "sparsegpt" else (
+                lambda n, m: InputNormStats(m.in_features))
+            _dense_stats(model, layers, calib, make, build, ctx)
+    finally:
+        with torch.no_grad():  # the database leaves the model as it found it
+            for n, m in layers:
+                m.weight.copy_(originals[n])
     return PruneLevelSpace(step, names, [list(g) for g in grids], list(uniform), store, originals)
 
 
 def _dense_stats(model: nn.Module, layers: list[tuple[str, nn.Module]], calib: list[Any], make: Any,
                  build: Any, ctx: RunContext) -> None:
-    """Statistics of every layer on the dense model's activations, block by block (blocks are not
-    modified, so each block's inputs are the dense model's); ``build`` is called per layer."""
+    """Statistics of every layer on the model's activations, block by block; ``build`` is called per
+    layer before the block's outputs become the next block's inputs (a ``build`` that changes the
+    layer, as the sequential database does, changes what later blocks see)."""
     pending = dict(layers)
 
     def visit(block_name: str, _block: nn.Module, replay: Any) -> None:

@@ -159,9 +159,8 @@ class QuantLevelSpace:
         rows, cols, _ = self.shapes[unit]
         bits = self.bits[level]
         keys = [f"{level}.q", f"{level}.s"] + ([] if self.symmetric else [f"{level}.z"])
-        got = self.store.get(self.units[unit], keys)
-        zeros = (torch.full(got[1].shape, float(2 ** (bits - 1))) if self.symmetric else got[2].float())
-        return dequantize_groups(unpack_codes(got[0], bits, cols), got[1].float(), zeros, self.group_size)
+        got = dict(zip(keys, self.store.get(self.units[unit], keys)))
+        return _dequantize_level(got, level, bits, cols, self.symmetric, self.group_size)
 
     def apply(self, model: nn.Module, assignment: Sequence[int]) -> None:
         with torch.no_grad():
@@ -231,6 +230,14 @@ def _level_codes(method: str, cfg: Any, weight: torch.Tensor, hessian: torch.Ten
         return gptq_quantize(weight, hessian, bits, cfg.group_size, cfg.symmetric, cfg.damp, cfg.act_order,
                              cfg.block_size, cfg.clip_search)
     return quantize_groups(weight.detach(), bits, cfg.group_size, cfg.symmetric, clip_search=cfg.clip_search)
+
+
+def _dequantize_level(tensors: dict[str, torch.Tensor], level: int, bits: int, cols: int, symmetric: bool,
+                      group_size: int) -> torch.Tensor:
+    """The float32 weight of one stored level (``{level}.q`` / ``.s`` / ``.z`` tensors)."""
+    scale = tensors[f"{level}.s"].float()
+    zeros = torch.full(scale.shape, float(2 ** (bits - 1))) if symmetric else tensors[f"{level}.z"].float()
+    return dequantize_groups(unpack_codes(tensors[f"{level}.q"], bits, cols), scale, zeros, group_size)
 
 
 def _unit_tensors(method: str, cfg: Any, name: str, linear: nn.Linear, hessian: torch.Tensor | None,
@@ -303,17 +310,36 @@ def quant_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
     store = _QuantStore(_on_disk(options, layers, bits))
     chosen = dict(layers)
 
+    originals = {n: m.weight.detach().clone() for n, m in layers}
+    sequential = options.database == "sequential"
+    if cfg.bits not in bits and target_avg_bits is None:  # checked before the database is built
+        raise ConfigError(f"levels = {sorted(bits)}: must include the wrapped step's bits = {cfg.bits!r}")
+    if sequential and cfg.bits not in bits:
+        raise ConfigError(f"database = 'sequential' runs later blocks on this step's bits = {cfg.bits!r}, which is not "
+                          f"among levels = {sorted(bits)}; add it or use database: dense")
+
     def put(name: str, hessian: torch.Tensor | None) -> None:
-        store.put(name, _unit_tensors(step.method, cfg, name, chosen[name], hessian, bits))
+        tensors = _unit_tensors(step.method, cfg, name, chosen[name], hessian, bits)
+        store.put(name, tensors)
+        if sequential:  # later blocks see this layer at the step's own width
+            lvl, weight = bits.index(cfg.bits), chosen[name].weight
+            with torch.no_grad():
+                weight.copy_(_dequantize_level(tensors, lvl, cfg.bits, weight.shape[1], cfg.symmetric,
+                                               cfg.group_size).to(weight.dtype))
 
     others: list[str] = []
-    if step.method == "gptq":
-        others = _gptq_database(model, chosen, options.calibration(ctx), ctx, put)
-        for name in others:
-            ctx.skip(name, "Linear outside the calibrated blocks was never reached by calibration data")
-    else:
-        for name, _ in ctx.progress(layers, "quantization levels"):
-            put(name, None)
+    try:
+        if step.method == "gptq":
+            others = _gptq_database(model, chosen, options.calibration(ctx), ctx, put)
+            for name in others:
+                ctx.skip(name, "Linear outside the calibrated blocks was never reached by calibration data")
+        else:
+            for name, _ in ctx.progress(layers, "quantization levels"):
+                put(name, None)
+    finally:
+        with torch.no_grad():  # the database leaves the model as it found it
+            for n, m in layers:
+                m.weight.copy_(originals[n])
     units = [n for n, _ in layers if n not in others]
     shapes = [(chosen[n].out_features, chosen[n].in_features, chosen[n].bias is not None) for n in units]
     costs = [[layer_cost(r, c, b, cfg.group_size, cfg.symmetric, hb, cost) for b in bits] for r, c, hb in shapes]

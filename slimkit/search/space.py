@@ -110,6 +110,9 @@ class SpaceOptions:
     progress: bool = False
     storage: str = "auto"
     memory_limit_mb: int = 1024
+    #: ``sequential``: each block's levels are computed on the inputs of the earlier blocks at their
+    #: uniform level (as the wrapped step runs); ``dense``: on the uncompressed model's inputs
+    database: str = "sequential"
 
     def calibration(self, ctx: RunContext) -> list[Any]:
         """The batches a level database is computed from: ``calib`` when the search step set it (it

@@ -270,3 +270,33 @@ def test_plain_model_uses_mse_to_the_input_outputs() -> None:
     note = res.report.steps[0]["notes"]["search"]
     assert note["fitness"] == "mse" and note["budget_found"] == note["budget"]
     assert note["searched_fitness"] <= note["uniform_fitness"]
+
+
+@pytest.mark.parametrize("database", ["sequential", "dense"])
+def test_sequential_database_starts_from_the_wrapped_steps_model(database: str) -> None:
+    from slimkit.core.context import RunContext
+    from slimkit.core.recipe import Recipe
+    from slimkit.search.prune_levels import prune_space
+    from slimkit.search.space import SpaceOptions
+
+    model, calib = tiny_llama(layers=3), token_batches(4, seed=1)
+    prune = {"method": "sparsegpt", "sparsity": 0.6}
+    before = linear_weights(model)
+    step = Recipe.from_dict([{"prune": prune}]).steps[0]
+    space = prune_space(model, step, RunContext(calib=calib, show_progress=False),
+                        SpaceOptions(levels=1, calib=calib, database=database))
+    assert all(torch.equal(w, linear_weights(model)[n]) for n, w in before.items())  # the build leaves it as it was
+    stepped = linear_weights(run(model, [{"prune": prune}], calib).model)
+    space.apply(model, space.uniform())
+    start = linear_weights(model)
+    space.restore(model)
+    last = [n for n in start if n.startswith("model.layers.2.")]
+    # block 0 sees the same inputs either way; the last block sees pruned inputs in the step and the
+    # sequential database, dense ones in the dense database (levels are stored as float16)
+    gap = max(float((start[n] - stepped[n]).abs().max()) for n in last)
+    first = max(float((start[n] - stepped[n]).abs().max()) for n in start if n.startswith("model.layers.0."))
+    assert first < 2e-3
+    if database == "sequential":
+        assert gap < 2e-3
+    else:
+        assert gap > 1e-2

@@ -193,3 +193,22 @@ def test_search_beats_uniform_bits_with_one_fragile_layer() -> None:
     kl_uniform, kl_searched = kl_to(model, uniform, held_out), kl_to(model, searched, held_out)
     assert kl_searched < 0.7 * kl_uniform, (kl_searched, kl_uniform)
     space.close()
+
+
+def test_sequential_gptq_database_sees_quantized_earlier_blocks() -> None:
+    model, calib = tiny_llama(), token_batches(2, seed=1)
+    before = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    quantize = {"method": "gptq", "bits": 3, "group_size": 32}
+    seq = build(model, quantize, calib, levels=[2, 3, 4])
+    assert all(torch.equal(w, model.get_submodule(n).weight) for n, w in before.items())  # left as it was
+    step = Recipe.from_dict([{"quantize": quantize}]).steps[0]
+    dense = quant_space(model, step, RunContext(calib=calib, show_progress=False),
+                        SpaceOptions(levels=[2, 3, 4], calib=calib, database="dense"))
+    first = [u for u, n in enumerate(seq.units) if ".layers.0." in n]
+    last = [u for u, n in enumerate(seq.units) if ".layers.1." in n]
+    level = seq.bits.index(3)
+    # block 0 sees the calibration inputs either way; block 1 sees block 0 at 3 bits only when sequential
+    assert all(torch.equal(seq.level_weight(u, level), dense.level_weight(u, level)) for u in first)
+    assert any(not torch.equal(seq.level_weight(u, level), dense.level_weight(u, level)) for u in last)
+    seq.close()
+    dense.close()

@@ -32,7 +32,8 @@ def search_evolution(model: nn.Module, cfg: EvolutionSearchConfig, ctx: RunConte
     database_calib, fitness_calib = cfg.split_calibration(list(ctx.require("calib", "search")))
     fitness = OutputDivergence(model, fitness_calib, cfg.pool_tokens(), cfg.fitness)
     options = SpaceOptions(levels=cfg.levels, level_step=cfg.level_step, calib=database_calib, seed=cfg.seed,
-                           progress=ctx.show_progress, storage=cfg.level_storage, memory_limit_mb=cfg.memory_limit_mb)
+                           progress=ctx.show_progress, storage=cfg.level_storage, memory_limit_mb=cfg.memory_limit_mb,
+                           database=cfg.database)
     space = space_factory(wrapped.name, wrapped.method)(model, wrapped, ctx, options)
     try:
         fitness.apply = lambda a: space.apply(model, a)
@@ -118,7 +119,7 @@ def _note(ctx: RunContext, cfg: EvolutionSearchConfig, space: LevelSpace, costs:
                          "allocation": [round(v, 6) for v in space.values(r.assignment)]} for r in outcome.history],
         "trials": outcome.trials, "stopped_by": outcome.stopped_by, "search_seconds": round(seconds, 3),
         "budget_s": cfg.budget_s, "fitness": fitness.kind, "check_tokens": check["tokens"],
-        "fitness_holdout": cfg.fitness_holdout, "fitness_tokens": fitness.available_tokens,
+        "fitness_holdout": cfg.fitness_holdout, "fitness_tokens": fitness.available_tokens, "database": cfg.database,
         "uniform_fitness": check["uniform"], "searched_fitness": searched,
         "fitness_improvement": (check["uniform"] / searched) if searched > 0 else None,
         "level_storage": ("disk" if store.on_disk else "memory") if store is not None else None,
