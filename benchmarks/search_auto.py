@@ -363,10 +363,11 @@ def part_demo(args: argparse.Namespace, budget_s: float) -> dict[str, Any]:
     space = {"steps": [
         {"drop_layers": {"method": {"choice": ["influence", "none"]}, "n": {"choice": [2, 4]}}},
         {"prune": {"method": {"choice": ["magnitude", "wanda", "sparsegpt", "none"]},
-                   "sparsity": {"choice": [0.3, 0.4, 0.5]}, "ignore": [["lm_head"]]}},
-        {"quantize": {"method": {"choice": ["rtn", "gptq", "dynamic_int8", "none"]},
+                   "sparsity": {"choice": [0.3, 0.4, 0.5]}, "ignore": ["lm_head"]}},
+        {"quantize": {"method": {"choice": ["rtn", "gptq", "mixed", "dynamic_int8", "none"]},
                       "bits": {"choice": [4, 8], "when": {"method": ["rtn", "gptq"]}},
-                      "group_size": {"choice": [32, 64, 128], "when": {"method": ["rtn", "gptq"]}}}},
+                      "target_ratio": {"choice": [0.2, 0.24, 0.27, 0.3], "when": {"method": "mixed"}},
+                      "group_size": {"choice": [32, 64, 128], "when": {"method": ["rtn", "gptq", "mixed"]}}}},
     ]}
     t0 = time.perf_counter()
     sr = sk.search(model, space, calib=work.calib, train=train, eval=work.evaluator, objectives=("quality", "bytes"),
