@@ -479,9 +479,14 @@ NOTES = """## Notes
 * Level switches move one level on one layer and one level the other way on a layer with exactly the opposite cost
   step (in practice: same shape). With widths 2/3/4/8 the 4↔8 step is 4× the others, so 8-bit levels are reached
   only through another 8-bit layer.
-* Quantize searches: the level database is GPTQ per layer on the *dense* model's inputs; the final model is the
-  found step re-run normally (sequential GPTQ), so its weights differ from the database's by one re-rounding
-  outside the first block. Both quantize searches use the same widths, group size and calibration, so the
+* Level databases: ``sequential`` (slimkit's default since 2026-12-07) computes block k's levels on the inputs
+  that blocks 0..k-1 give at their uniform level, so the search's start is the wrapped step's own model;
+  ``dense`` (EvoPress's, and every row run before that change) on the uncompressed model's inputs. Each searched
+  row's Details line names its database. The final model is always the found step re-run normally (block by
+  block), which differs from the database's stitched model outside the first block.
+* Fitness pool: since 2026-12-07 the KL fitness draws each stage's tokens from every calibration token it keeps
+  (the last ``--holdout`` chunks, or all). Rows run before that change (Details: calibration 6 x 256, no holdout
+  mentioned) kept only one stage's worth (256 tokens), so every generation was scored on the same tokens. Both quantize searches use the same widths, group size and calibration, so the
   database is built once per run (by the first of them) and re-costed for the other (its start computed exactly
   as ``quant_space`` does; its search time counts the database's seconds too).
 * Wall time is the whole row (database, search, final run); peak RSS is the process's since the row began."""
