@@ -226,7 +226,7 @@ def prune_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
             calib = options.calibration(ctx)
             make = (lambda n, m: HessianStats(m.in_features)) if step.method == "sparsegpt" else (
                 lambda n, m: InputNormStats(m.in_features))
-            _dense_stats(model, layers, calib, make, build, ctx)
+            _block_stats(model, layers, calib, make, build, ctx)
     finally:
         with torch.no_grad():  # the database leaves the model as it found it
             for n, m in layers:
@@ -234,7 +234,7 @@ def prune_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
     return PruneLevelSpace(step, names, [list(g) for g in grids], list(uniform), store, originals)
 
 
-def _dense_stats(model: nn.Module, layers: list[tuple[str, nn.Module]], calib: list[Any], make: Any,
+def _block_stats(model: nn.Module, layers: list[tuple[str, nn.Module]], calib: list[Any], make: Any,
                  build: Any, ctx: RunContext) -> None:
     """Statistics of every layer on the model's activations, block by block; ``build`` is called per
     layer before the block's outputs become the next block's inputs (a ``build`` that changes the

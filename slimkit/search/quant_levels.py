@@ -310,7 +310,6 @@ def quant_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
     store = _QuantStore(_on_disk(options, layers, bits))
     chosen = dict(layers)
 
-    originals = {n: m.weight.detach().clone() for n, m in layers}
     sequential = options.database == "sequential"
     if cfg.bits not in bits and target_avg_bits is None:  # checked before the database is built
         raise ConfigError(f"levels = {sorted(bits)}: must include the wrapped step's bits = {cfg.bits!r}")
@@ -318,11 +317,14 @@ def quant_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
         raise ConfigError(f"database = 'sequential' runs later blocks on this step's bits = {cfg.bits!r}, which is not "
                           f"among levels = {sorted(bits)}; add it or use database: dense")
 
+    changed: list[str] = []  # layers the sequential build set to the step's width (restored from "dense")
+
     def put(name: str, hessian: torch.Tensor | None) -> None:
         tensors = _unit_tensors(step.method, cfg, name, chosen[name], hessian, bits)
         store.put(name, tensors)
         if sequential:  # later blocks see this layer at the step's own width
             lvl, weight = bits.index(cfg.bits), chosen[name].weight
+            changed.append(name)
             with torch.no_grad():
                 weight.copy_(_dequantize_level(tensors, lvl, cfg.bits, weight.shape[1], cfg.symmetric,
                                                cfg.group_size).to(weight.dtype))
@@ -338,8 +340,8 @@ def quant_space(model: nn.Module, step: Any, ctx: RunContext, options: SpaceOpti
                 put(name, None)
     finally:
         with torch.no_grad():  # the database leaves the model as it found it
-            for n, m in layers:
-                m.weight.copy_(originals[n])
+            for n in changed:
+                chosen[n].weight.copy_(store.get(n, ["dense"])[0])
     units = [n for n, _ in layers if n not in others]
     shapes = [(chosen[n].out_features, chosen[n].in_features, chosen[n].bias is not None) for n in units]
     costs = [[layer_cost(r, c, b, cfg.group_size, cfg.symmetric, hb, cost) for b in bits] for r, c, hb in shapes]

@@ -67,12 +67,11 @@ class CandidateMeter:
         metrics: dict[str, Any] = {"params": count_params(model), "bytes": checkpoint_bytes(model)}
         if self.example_inputs is not None:
             metrics["macs"] = count_macs(model, self.example_inputs)
-            if self.latency and self.runtime == "onnxruntime":
-                timing = onnxruntime_latency(model, self.example_inputs, runs=self.latency_runs)
-                metrics["onnx_bytes"] = int(timing["onnx_bytes"])
-            elif self.latency:
-                timing = measure_latency(model, self.example_inputs, runs=self.latency_runs)
             if self.latency:
+                timer = onnxruntime_latency if self.runtime == "onnxruntime" else measure_latency
+                timing = timer(model, self.example_inputs, runs=self.latency_runs)
+                if "onnx_bytes" in timing:
+                    metrics["onnx_bytes"] = int(timing["onnx_bytes"])
                 metrics["latency_ms"] = float(timing["latency_ms"])
                 metrics["latency_p90_ms"] = float(timing["latency_p90_ms"])
                 metrics["runtime"] = str(timing.get("runtime", "torch"))
