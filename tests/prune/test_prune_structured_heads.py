@@ -186,3 +186,56 @@ def test_taylor_importance_for_heads_and_width(granularity, token_batch) -> None
         assert res.model.config.hidden_size == 24 and att.q_proj.in_features == 24
     assert res.model(**token_batch).logits.shape == (2, 12, 100)
     assert all(p.grad is None for p in res.model.parameters())
+
+
+def tiny_mpnet(seed: int = 0) -> nn.Module:
+    """4 heads of 8 per layer; MPNet adds one relative-position bias (all heads) to every layer."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                   vocab_size=100, max_position_embeddings=64)
+    model = transformers.MPNetModel(cfg).eval()
+    with torch.no_grad():  # random init leaves the bias table near zero: make each head's bias distinct
+        model.encoder.relative_attention_bias.weight.normal_(0, 2.0)
+    return model
+
+
+def _silence(model: nn.Module, removed: dict[int, list[int]]) -> nn.Module:
+    """The reference: the same model with the removed heads' output-projection columns zeroed."""
+    with torch.no_grad():
+        for layer, heads in removed.items():
+            o = model.encoder.layer[layer].attention.attn.o.weight
+            for h in heads:
+                o[:, h * 8:(h + 1) * 8] = 0
+    return model
+
+
+def test_mpnet_heads_keep_their_own_position_bias(token_batch, tmp_path) -> None:
+    import copy
+
+    model = tiny_mpnet()
+    res = structured(model, token_batch, granularity="head", heads={"encoder.layer.0.attention.attn": [0, 2]})
+    # a second round on the pruned model: its head 1 is the original head 3
+    res2 = structured(res.model, token_batch, granularity="head", heads={"encoder.layer.0.attention.attn": [1],
+                                                                         "encoder.layer.1.attention.attn": [0, 1, 2]})
+    attn0, attn1 = res2.model.encoder.layer[0].attention.attn, res2.model.encoder.layer[1].attention.attn
+    assert (attn0.q.out_features, attn0.o.in_features, attn0.num_attention_heads, attn0.all_head_size) == (8, 8, 1, 8)
+    assert attn0.slimkit_kept_heads.tolist() == [1] and attn1.slimkit_kept_heads.tolist() == [3]
+    ref = _silence(tiny_mpnet(), {0: [0, 2, 3], 1: [0, 1, 2]})
+    with torch.no_grad():
+        want = ref(**token_batch).last_hidden_state
+        got = res2.model(**token_batch).last_hidden_state
+        # selecting the wrong heads of the bias (e.g. the first ones) changes the output by far more than this
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.equal(copy.deepcopy(res2.model)(**token_batch).last_hidden_state, got)
+    sk.save(res2.model, tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(sk.load(tmp_path / "m")(**token_batch).last_hidden_state, got)
+
+
+def test_mpnet_heads_by_ratio(token_batch) -> None:
+    res = structured(tiny_mpnet(), token_batch, granularity="head", sparsity=0.5, importance="activation")
+    assert res.report.steps[0]["notes"]["heads_kept"] == {"encoder.layer.0.attention.attn": 2,
+                                                          "encoder.layer.1.attention.attn": 2}
+    assert res.model(**token_batch).last_hidden_state.shape == (2, 12, 32)

@@ -7,13 +7,18 @@ group of ``num_key_value_groups`` consecutive query heads (Hugging Face's ``repe
 a pruned layer must keep every group the same size: either the same number of query heads leaves
 every group (``gqa: query``) or whole groups leave with their key/value head (``gqa: group``).
 
-Two attention layouts are known (anything else named ``*Attention`` is reported as skipped):
+Three attention layouts are known (anything else named ``*Attention`` is reported as skipped):
 
 * ``qkvo``: one module with ``q_proj``/``k_proj``/``v_proj``/``o_proj`` and ``head_dim`` (Llama,
   Mistral, Qwen2, SmolLM2). Its forward reshapes with ``-1`` heads and reads
   ``num_key_value_groups`` (for ``repeat_kv``); that attribute is updated.
 * ``bert``: ``BertAttention``-like: ``self.query/key/value`` with ``attention_head_size`` and
   ``output.dense``. ``num_attention_heads`` and ``all_head_size`` of ``self`` are updated.
+* ``mpnet``: ``MPNetSelfAttention``-like: ``q``/``k``/``v``/``o`` with ``attention_head_size``.
+  MPNet's encoder computes one relative-position bias ``[batch, heads, q, k]`` for every layer with
+  the base model's head count, so a pruned layer carries the indices of the heads it kept (buffer
+  ``slimkit_kept_heads``, not saved: the replayed edit rebuilds it) and a forward pre-hook selects
+  those heads of the bias before the layer adds it to its scores.
 
 Per-layer head counts can differ after pruning, so the HF config's head counts (one number for
 every layer) are left as the base architecture's; the modules carry the truth and the replayed
@@ -40,7 +45,7 @@ class Attention:
     """One attention layer: where its projections live and its current head layout."""
 
     path: str  # the key of ``heads`` maps and of edit records
-    kind: str  # "qkvo" or "bert"
+    kind: str  # "qkvo", "bert" or "mpnet"
     q: nn.Linear
     k: nn.Linear
     v: nn.Linear
@@ -73,6 +78,9 @@ def _describe(path: str, module: nn.Module) -> Attention | None:
             and isinstance(getattr(inner, "attention_head_size", None), int):
         return Attention(path, "bert", inner.query, inner.key, inner.value, out.dense, inner,
                          inner.attention_head_size)
+    if all(isinstance(getattr(module, a, None), nn.Linear) for a in ("q", "k", "v", "o")) \
+            and isinstance(getattr(module, "attention_head_size", None), int):
+        return Attention(path, "mpnet", module.q, module.k, module.v, module.o, module, module.attention_head_size)
     return None
 
 
@@ -206,6 +214,8 @@ def remove_heads(a: Attention, q_heads: list[int], kv_heads: list[int]) -> None:
     if len(per_group) != 1 or 0 in per_group or orphans or any(not 0 <= h < n_q for h in gone):
         raise ConfigError(f"{a.path}: removing query heads {q_heads} and key/value heads {kv_heads} of "
                           f"{n_q}/{n_kv} leaves an inconsistent layout")
+    if a.kind == "mpnet":
+        _select_position_bias(a.owner, [h for h in range(n_q) if h not in gone])
     keep_q = _keep_rows(n_q, q_heads, a.head_dim)
     slice_linear(a.q, keep_q, 0)
     slice_linear(a.o, keep_q, 1)
@@ -216,9 +226,37 @@ def remove_heads(a: Attention, q_heads: list[int], kv_heads: list[int]) -> None:
     _sync(a)
 
 
+_KEPT = "slimkit_kept_heads"
+
+
+def _select_position_bias(owner: nn.Module, kept: list[int]) -> None:
+    """Make ``owner`` read only the ``kept`` heads (of its current ones) of the shared position bias."""
+    previous = getattr(owner, _KEPT, None)
+    base = previous.tolist() if previous is not None else list(range(owner.num_attention_heads))
+    owner.register_buffer(_KEPT, torch.tensor([base[h] for h in kept], dtype=torch.long,
+                                              device=owner.q.weight.device), persistent=False)
+    if _position_bias_hook not in owner._forward_pre_hooks.values():
+        owner.register_forward_pre_hook(_position_bias_hook, with_kwargs=True)
+
+
+def _position_bias_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any]:
+    """Select the layer's kept heads of MPNet's ``position_bias`` (third positional or keyword argument).
+
+    A module-level function reading the module's own buffer, so ``copy.deepcopy`` of a pruned model
+    keeps working (a closure would point at the original's indices).
+    """
+    kept = getattr(module, _KEPT)
+    if "position_bias" in kwargs:
+        if kwargs["position_bias"] is not None:
+            kwargs = {**kwargs, "position_bias": kwargs["position_bias"].index_select(1, kept)}
+    elif len(args) > 2 and args[2] is not None:
+        args = (*args[:2], args[2].index_select(1, kept), *args[3:])
+    return args, kwargs
+
+
 def _sync(a: Attention) -> None:
     """Write the new head counts into the attributes the Hugging Face forward reads."""
-    if a.kind == "bert":
+    if a.kind in ("bert", "mpnet"):
         a.owner.num_attention_heads = a.n_q
         a.owner.all_head_size = a.n_q * a.head_dim
         return
