@@ -44,8 +44,8 @@ def add_search_parser(sub: Any, add_data_options: Any) -> None:
     p.add_argument("--strategy", default="tpe", choices=["tpe", "nsga2", "random", "evolution", "rl", "gradient"],
                    help="sampler (default tpe); gradient learns per-layer sparsity maps of the space's prune step first")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnxruntime"],
-                   help="where latency is measured: torch eager (default) or onnxruntime (each candidate exported to "
-                   "ONNX and timed in ONNX Runtime's CPU session)")
+                   help="where latency and quality are measured: torch eager (default) or onnxruntime (each candidate "
+                   "exported to ONNX, timed and scored in ONNX Runtime's CPU session)")
     p.add_argument("--n-trials", type=int, help="total trials of the study (a resumed study continues up to it)")
     p.add_argument("--budget-min", type=float, help="minutes of this run; no trial starts after it")
     p.add_argument("--storage", help="an Optuna storage URL (postgresql://... for many machines); default: a journal "

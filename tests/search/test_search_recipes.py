@@ -217,6 +217,27 @@ def test_latency_in_onnxruntime_times_the_exported_candidates(tmp_path) -> None:
     assert len(by_sparsity) >= 2
     ordered = [by_sparsity[k] for k in sorted(by_sparsity)]
     assert ordered == sorted(ordered, reverse=True) and len(set(ordered)) == len(ordered)
+    # quality is scored on the exported model too: the evaluator saw ONNX Runtime sessions only
+    # (baseline + every complete trial), and a candidate's score is its export's, not its torch model's
+    seen = []
+
+    class Recording(sk.CosineFidelity):
+        def __call__(self, m):  # noqa: ANN001, ANN204
+            seen.append(type(m).__name__)
+            return super().__call__(m)
+
+    rec = Recording(calib)
+    sr2 = sk.search(model, space, calib=calib, eval=rec, objectives=("latency", "quality"), n_trials=1,
+                    example_inputs=calib[0], runtime="onnxruntime", seed=0, out_dir=tmp_path / "o2", save_best=False)
+    assert seen and set(seen) == {"OrtModel"}
+    t = next(t for t in sr2.trials if t.state == "COMPLETE")
+    from slimkit.export.ort_model import OrtModel
+
+    torch_side = sk.CosineFidelity(calib)
+    torch_side.prepare(model)
+    built = sk.compress(model, t.recipe, calib=calib, example_inputs=calib[0], progress=False, measure=False).model
+    onnx_side = torch_side(OrtModel(sk.export(built, tmp_path / "replay", example_inputs=calib[0])))
+    assert t.metrics["quality"] == pytest.approx(onnx_side, abs=1e-9)
     with pytest.raises(sk.ConfigError, match="runtime = 'tvm'.*'torch', 'onnxruntime'"):
         sk.search(model, space, calib=calib, eval=fidelity, objectives=("latency", "quality"), n_trials=1,
                   example_inputs=calib[0], runtime="tvm")

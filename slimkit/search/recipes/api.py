@@ -85,9 +85,10 @@ def search(
     starts ``out_dir`` over instead of resuming it. ``pruner``: ``none`` / ``successive_halving`` /
     ``hyperband`` or a mapping (:mod:`slimkit.search.recipes.pruning`), like the space YAML's
     ``pruner:`` key (giving both with different values is an error): trials whose training reports
-    a weak held-out quality at a rung stop there and end PRUNED. ``runtime``: where latency is
-    measured, ``torch`` (eager) or ``onnxruntime`` (each candidate and the input model exported to
-    ONNX and timed in ONNX Runtime's CPU session; see :mod:`slimkit.search.recipes.evaluate`).
+    a weak held-out quality at a rung stop there and end PRUNED. ``runtime``: where latency and
+    quality are measured, ``torch`` (eager) or ``onnxruntime`` (each candidate and the input model
+    exported to ONNX, timed and scored in ONNX Runtime's CPU session; see
+    :mod:`slimkit.search.recipes.evaluate`).
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
