@@ -21,14 +21,17 @@ Parts (issue 12 targets):
   validation accuracy among those no slower than the hand-picked one) against the hand-picked
   DistilBERT-style student (every other block, same width) distilled with the same steps: equal
   or lower latency and higher *test* accuracy (test digits are never used by the search).
-* ``nas-minilm``: the same with MPNet (all-mpnet-base-v2) as the teacher (depth, width, heads),
-  feature distillation on Shakespeare train lines, quality = cosine fidelity to MPNet's embeddings
+* ``nas-minilm``: the same with MPNet (all-mpnet-base-v2) as the teacher (depth, width, heads,
+  and the distillation's learning rate), feature distillation on Shakespeare train lines, quality = cosine fidelity to MPNet's embeddings
   on held-out lines; hand-picked: every other layer (6 of 12), same width.
 * ``strategies``: every strategy slimkit has (tpe / nsga2 / random, and evolution / rl / gradient
   when present) on the nas-mnist student space (no pruner) with the same wall budget: best
   validation accuracy under the hand-picked student's latency, trials and wall time.
+* ``strategies-prune``: every strategy on 80 % magnitude pruning of the same MNIST teacher, the
+  kind of space ``gradient`` learns per-layer sparsities for: validation and test accuracy of each
+  strategy's best recipe.
 
-Latency: torch eager on this machine, median of repeated runs; the compared models are timed
+Latency: torch eager on this machine (``minilm``: ONNX Runtime, quality scored there too), median of repeated runs; the compared models are timed
 round-robin in one loop (``sk.measure.compare_latency``). The machine's load is recorded per part.
 """
 from __future__ import annotations
