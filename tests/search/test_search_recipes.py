@@ -238,6 +238,8 @@ def test_latency_in_onnxruntime_times_the_exported_candidates(tmp_path) -> None:
     built = sk.compress(model, t.recipe, calib=calib, example_inputs=calib[0], progress=False, measure=False).model
     onnx_side = torch_side(OrtModel(sk.export(built, tmp_path / "replay", example_inputs=calib[0])))
     assert t.metrics["quality"] == pytest.approx(onnx_side, abs=1e-9)
+    with pytest.raises(sk.ConfigError, match="runtime = 'onnxruntime'.*needs example_inputs"):
+        sk.search(model, space, calib=calib, eval=fidelity, objectives=("quality",), n_trials=1, runtime="onnxruntime")
     with pytest.raises(sk.ConfigError, match="runtime = 'tvm'.*'torch', 'onnxruntime'"):
         sk.search(model, space, calib=calib, eval=fidelity, objectives=("latency", "quality"), n_trials=1,
                   example_inputs=calib[0], runtime="tvm")

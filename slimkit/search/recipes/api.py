@@ -96,6 +96,9 @@ def search(
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime = {runtime!r} is not a runtime latency can be measured in; valid runtimes are "
                           f"{list(RUNTIMES)}")
+    if runtime == "onnxruntime" and example_inputs is None:  # else quality would quietly stay torch's
+        raise ConfigError("runtime = 'onnxruntime' exports every candidate to ONNX to time and score it, which needs "
+                          "example_inputs=... (a batch the model takes)")
     recipe_space = _with_pruner(RecipeSpace.coerce(space), pruner)
     from slimkit.measure.quality import as_evaluator
 

@@ -72,7 +72,7 @@ class CandidateMeter:
         metrics: dict[str, Any] = {"params": count_params(model), "bytes": checkpoint_bytes(model)}
         if self.example_inputs is not None:
             metrics["macs"] = count_macs(model, self.example_inputs)
-        if self.runtime == "onnxruntime" and self.example_inputs is not None and (self.latency or self.evaluator):
+        if self.runtime == "onnxruntime" and (self.latency or self.evaluator is not None):  # search() checked inputs
             with exported_session(model, self.example_inputs) as session:
                 metrics["onnx_bytes"] = session.size_bytes()
                 metrics.update(self._score(session))
